@@ -1,0 +1,179 @@
+//! [`LifecycleBody`]: the body phase, and the rules that tell a complete
+//! body from an aborted one.
+//!
+//! ABORTED is set here when the body is dropped before it was complete:
+//! hyper drops the body when it can no longer deliver it.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http::{header, response::Parts, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::completion::Phase;
+use crate::lifecycle::{End, Shared};
+
+pin_project! {
+    /// Response body of [`LifecycleService`](crate::LifecycleService).
+    ///
+    /// Forwards frames, trailers, [`size_hint`](Body::size_hint) and
+    /// [`is_end_stream`](Body::is_end_stream) of the inner body untouched,
+    /// counts the data bytes it yields, and ends the request's lifecycle when
+    /// the inner body ends, fails, or is dropped.
+    ///
+    /// # When is a body complete
+    ///
+    /// hyper does not always poll a body to its end: it stops as soon as it
+    /// knows nothing more can come. So a body dropped early is *complete*
+    /// (the lifecycle ends [`NORMAL`](crate::ConnectionStatus::NORMAL)) when
+    /// any of these held before the drop, and aborted otherwise:
+    ///
+    /// - the inner body returned `None`, or yielded trailers;
+    /// - it reported [`is_end_stream`](Body::is_end_stream) at construction
+    ///   or after a frame;
+    /// - the data bytes yielded reached an exact [`size_hint`](Body::size_hint)
+    ///   or the response's `Content-Length`;
+    /// - the request method was `HEAD`;
+    /// - the response status was 1xx, 204 No Content or 304 Not Modified.
+    ///
+    /// A body that yields an error ends the lifecycle at once with
+    /// [`Completion::body_error`](crate::Completion::body_error) set and is
+    /// not an abort.
+    pub struct LifecycleBody<B> {
+        #[pin]
+        inner: B,
+        shared: Option<Arc<Shared>>,
+        status: StatusCode,
+        sent: u64,
+        expected: Option<u64>,
+        complete: bool,
+        polling: bool,
+    }
+
+    impl<B> PinnedDrop for LifecycleBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(shared) = this.shared.take() {
+                let panicked = *this.polling || std::thread::panicking();
+                shared.end(End {
+                    aborted: !*this.complete && !panicked,
+                    panicked,
+                    ..body_end(*this.status, *this.sent)
+                });
+            }
+        }
+    }
+}
+
+fn body_end(status: StatusCode, sent: u64) -> End {
+    End {
+        phase: Phase::Body,
+        response_status: Some(status),
+        bytes_sent: sent,
+        ..End::handler()
+    }
+}
+
+impl<B: Body> LifecycleBody<B> {
+    pub(crate) fn new(inner: B, shared: Arc<Shared>, head: bool, parts: &Parts) -> Self {
+        let content_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let expected = match (inner.size_hint().exact(), content_length) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let status = parts.status;
+        let complete = head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || expected == Some(0)
+            || inner.is_end_stream();
+        LifecycleBody {
+            inner,
+            shared: Some(shared),
+            status,
+            sent: 0,
+            expected,
+            complete,
+            polling: false,
+        }
+    }
+}
+
+impl<B> fmt::Debug for LifecycleBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleBody")
+            .field("status", &self.status)
+            .field("bytes_sent", &self.sent)
+            .field("expected", &self.expected)
+            .field("complete", &self.complete)
+            .field("ended", &self.shared.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> LifecycleBody<B> {
+    /// A reference to the inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Body> Body for LifecycleBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        *this.polling = true;
+        let result = this.inner.as_mut().poll_frame(cx);
+        *this.polling = false;
+        match &result {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.sent += data.remaining() as u64;
+                } else if frame.is_trailers() {
+                    *this.complete = true;
+                }
+                if this.expected.is_some_and(|n| *this.sent >= n) || this.inner.is_end_stream() {
+                    *this.complete = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(shared) = this.shared.take() {
+                    shared.end(End {
+                        body_error: true,
+                        ..body_end(*this.status, *this.sent)
+                    });
+                }
+            }
+            Poll::Ready(None) => {
+                *this.complete = true;
+                if let Some(shared) = this.shared.take() {
+                    shared.end(body_end(*this.status, *this.sent));
+                }
+            }
+        }
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,110 @@
+//! What every hook receives: [`Completion`] and [`Phase`].
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::ConnectionStatus;
+
+/// Where a request was when its lifecycle ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The inner service had not yet produced the response head: the
+    /// handler's future was still running (or was dropped while running).
+    Handler,
+    /// The response head had been produced; the lifecycle ended while (or
+    /// after) the response body was being written.
+    Body,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Handler => "handler",
+            Phase::Body => "body",
+        })
+    }
+}
+
+/// The outcome of a request's lifecycle, handed to every shutdown hook.
+///
+/// Built once, when the lifecycle ends; every hook of the request and the
+/// layer's [`on_complete`](crate::LifecycleLayer::on_complete) see the same
+/// values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub(crate) status: ConnectionStatus,
+    pub(crate) phase: Phase,
+    pub(crate) elapsed: Duration,
+    pub(crate) bytes_sent: u64,
+    pub(crate) response_status: Option<StatusCode>,
+    pub(crate) panicked: bool,
+    pub(crate) body_error: bool,
+    pub(crate) service_error: bool,
+}
+
+impl Completion {
+    /// The final status word: [`NORMAL`](ConnectionStatus::NORMAL) or
+    /// [`ABORTED`](ConnectionStatus::ABORTED) (and, with a time limit,
+    /// [`TIMEOUT`](ConnectionStatus::TIMEOUT)).
+    pub fn status(&self) -> ConnectionStatus {
+        self.status
+    }
+
+    /// Where the request was when it ended.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Time from the request entering the layer to the end of its
+    /// lifecycle (just before the first hook runs).
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// Bytes of response body data handed to the server (the sum of the
+    /// data frames the body yielded).
+    ///
+    /// "Handed to the server" is not "delivered": hyper buffers what it is
+    /// given, and the kernel buffers what hyper writes, so a client that
+    /// left may not have received all of these bytes.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// The status code of the response head, or `None` when no response was
+    /// produced (the handler was dropped, panicked or failed).
+    pub fn response_status(&self) -> Option<StatusCode> {
+        self.response_status
+    }
+
+    /// Whether a panic unwound through the request's processing: the
+    /// handler's future or the response body panicked while being polled,
+    /// or code holding the request's [`Lifecycle`](crate::Lifecycle)
+    /// panicked (which is how a panic caught further in, for example by
+    /// tower-http's `CatchPanicLayer`, is still seen here).
+    ///
+    /// A panic is a server-side failure, not a client abort: it does not
+    /// set [`ABORTED`](ConnectionStatus::ABORTED).
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
+
+    /// Whether the response body ended with an error.
+    ///
+    /// A body error is a server-side failure, not an abort: it does not
+    /// set [`ABORTED`](ConnectionStatus::ABORTED). hyper resets the stream
+    /// (HTTP/2) or closes the connection (HTTP/1.1) so the client sees an
+    /// incomplete response.
+    pub fn body_error(&self) -> bool {
+        self.body_error
+    }
+
+    /// Whether the inner service's future returned an error instead of a
+    /// response. Like a body error, this is not an abort.
+    pub fn service_error(&self) -> bool {
+        self.service_error
+    }
+}

@@ -1,0 +1,205 @@
+//! Connection-lifecycle middleware for tower services: know whether the
+//! client is still there, and run shutdown hooks exactly once with the
+//! outcome.
+//!
+//! When a client hangs up, hyper silently drops the handler's future (the
+//! work stops at whatever `.await` it was on) or the response body (the
+//! stream stops mid-way). [`LifecycleLayer`] turns that into something a
+//! handler can see and react to, in the words PHP has used since 1998:
+//!
+//! | PHP | tower-lifecycle |
+//! | --- | --- |
+//! | `CONNECTION_NORMAL` / `ABORTED` / `TIMEOUT` | [`ConnectionStatus::NORMAL`] / [`ABORTED`](ConnectionStatus::ABORTED) / [`TIMEOUT`](ConnectionStatus::TIMEOUT), same bits |
+//! | `connection_status()` | [`Lifecycle::status`] |
+//! | `connection_aborted()` | [`Lifecycle::is_aborted`], and the future [`Lifecycle::aborted`] |
+//! | `register_shutdown_function()` | [`Lifecycle::on_shutdown`], [`Lifecycle::on_shutdown_async`], and [`LifecycleLayer::on_complete`] for every request |
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_lifecycle::{ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let svc = ServiceBuilder::new()
+//!     .layer(LifecycleLayer::new().on_complete(move |done| {
+//!         tx.send((done.status(), done.phase(), done.bytes_sent())).unwrap();
+//!     }))
+//!     .service_fn(|req: Request<()>| async move {
+//!         let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
+//!         lifecycle.on_shutdown(|done| println!("request ended: {}", done.status()));
+//!         Ok::<_, Infallible>(Response::new(Full::from("hello")))
+//!     });
+//!
+//! // Read to the end: NORMAL.
+//! let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+//! response.into_body().collect().await.unwrap();
+//! assert_eq!(rx.recv().unwrap(), (ConnectionStatus::NORMAL, Phase::Body, 5));
+//!
+//! // The server drops the response future before the head: ABORTED.
+//! let future = svc.oneshot(Request::new(()));
+//! drop(future);
+//! assert_eq!(rx.recv().unwrap(), (ConnectionStatus::ABORTED, Phase::Handler, 0));
+//! # }
+//! ```
+//!
+//! With axum, add the layer to the router and take [`Lifecycle`] as an
+//! extractor (feature `axum`):
+//!
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{routing::get, Router};
+//! use tower_lifecycle::{Lifecycle, LifecycleLayer};
+//!
+//! async fn slow(lifecycle: Lifecycle) -> &'static str {
+//!     lifecycle.on_shutdown(|done| tracing::info!(status = %done.status(), "slow done"));
+//!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//!     "done"
+//! }
+//!
+//! let app: Router = Router::new().route("/slow", get(slow)).layer(LifecycleLayer::new());
+//! # let _ = app; }
+//! ```
+//!
+//! # When the hooks are called
+//!
+//! A request's lifecycle has two phases:
+//!
+//! - [`Phase::Handler`]: from the request entering the layer until the inner
+//!   service's future yields the response head;
+//! - [`Phase::Body`]: from then until the response body is done with.
+//!
+//! It ends, and the hooks run, at exactly one of these moments:
+//!
+//! | the moment | status | phase |
+//! | --- | --- | --- |
+//! | the response future is dropped before it resolved (the client left; hyper drops it within a millisecond of the close or stream reset) | `aborted` | `Handler` |
+//! | the inner service returns an error ([`Completion::service_error`]) | `normal` | `Handler` |
+//! | the body returns `None`, or is dropped after it was complete (see [`LifecycleBody`] for what counts as complete) | `normal` | `Body` |
+//! | the body yields an error ([`Completion::body_error`]) | `normal` | `Body` |
+//! | the body is dropped before it was complete (the client left) | `aborted` | `Body` |
+//! | the handler or the body panics while polled ([`Completion::panicked`]) | `normal` | where it was |
+//!
+//! Then, exactly once: the request's hooks in registration order (a hook
+//! registered while they run runs after them), then the layer's
+//! [`on_complete`](LifecycleLayer::on_complete). Sync hooks run inline, on
+//! the thread that ended the lifecycle (usually inside hyper's connection
+//! task, right after it dropped or finished the body), so they must be
+//! quick; an [`on_shutdown_async`](Lifecycle::on_shutdown_async) hook is
+//! spawned on the tokio runtime and the hooks after it wait for it.
+//!
+//! A panicking hook is caught, logged with `tracing::error!`, and the next
+//! hook still runs. When the lifecycle ends from a `Drop` during a panic
+//! unwind, the hooks are handed to the runtime rather than run inside the
+//! unwind. A hook registered after the lifecycle ended runs at once with
+//! the final [`Completion`].
+//!
+//! ## What hyper lets us see
+//!
+//! ABORTED means hyper dropped something it could no longer deliver, so
+//! detection is exactly as good as hyper's: over HTTP/1.1 hyper does not
+//! notice a closed connection while a request body is still unread (it
+//! stops reading the socket), nor with `http1.half_close(true)`. "Complete"
+//! means handed to hyper, not received by the client: a body that fit in
+//! hyper's buffers is complete even if the client reads only part of it.
+//!
+//! # Testing handlers without a server
+//!
+//! The layer needs no server: call the service with `oneshot`, and simulate
+//! a client that leaves by dropping the response future (before the head)
+//! or the response body (mid-stream), which is exactly what hyper does.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_lifecycle::{Lifecycle, LifecycleLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (tx, rx) = tokio::sync::oneshot::channel();
+//! let svc = ServiceBuilder::new()
+//!     .layer(LifecycleLayer::new())
+//!     .service_fn(move |req: Request<()>| {
+//!         let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
+//!         async move {
+//!             let _ = tx.send(lifecycle.clone());
+//!             tokio::time::sleep(Duration::from_secs(3600)).await; // slow work
+//!             Ok::<_, Infallible>(Response::new(Full::from("late")))
+//!         }
+//!     });
+//!
+//! let mut future = Box::pin(svc.oneshot(Request::new(())));
+//! // Drive the handler until it is inside its slow work...
+//! let lifecycle = tokio::select! {
+//!     lifecycle = rx => lifecycle.unwrap(),
+//!     _ = &mut future => unreachable!(),
+//! };
+//! assert!(!lifecycle.is_aborted());
+//! // ...then leave, like hyper does when the client hangs up.
+//! drop(future);
+//! assert!(lifecycle.is_aborted());
+//! lifecycle.aborted().await; // resolves at once
+//! # }
+//! ```
+//!
+//! For exact control over readiness and when the response is produced,
+//! `tower_test::mock` works the same way: wrap the mock with the layer, take
+//! the request from the handle (its extensions hold the [`Lifecycle`]),
+//! and drop the response future before or after `send_response`. The
+//! crate's tests (`src/tests.rs`) show both ways.
+//!
+//! # Differences from tower-http's `on_early_drop`
+//!
+//! `tower_http::on_early_drop` calls a callback when the response future or
+//! body is dropped early. This crate goes further:
+//!
+//! - it does not mistake bodies that hyper legitimately ends without
+//!   polling to `None` for early drops: exact-length bodies (`Full`), a
+//!   handler-set `Content-Length`, `HEAD` responses, 204 and 304 (the
+//!   README has the side-by-side test results);
+//! - the handler can ask at any time ([`Lifecycle::status`],
+//!   [`Lifecycle::aborted`]) instead of only being called back;
+//! - hooks receive the outcome ([`Completion`]), run in order, exactly once
+//!   on every path (normal end included), and are isolated from each
+//!   other's panics.
+//!
+//! # Feature flags
+//!
+//! - `axum`: [`Lifecycle`] implements axum's `FromRequestParts` and
+//!   `OptionalFromRequestParts` (through `axum-core` 0.5, the crate axum 0.8
+//!   takes its extractor traits from).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod completion;
+#[cfg(feature = "axum")]
+mod extract;
+mod future;
+mod hooks;
+mod layer;
+mod lifecycle;
+mod service;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::body::LifecycleBody;
+pub use crate::completion::{Completion, Phase};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use crate::extract::MissingLifecycle;
+pub use crate::future::ResponseFuture;
+pub use crate::layer::LifecycleLayer;
+pub use crate::lifecycle::Lifecycle;
+pub use crate::service::LifecycleService;
+pub use crate::status::ConnectionStatus;

@@ -1,0 +1,105 @@
+//! [`LifecycleService`]: creates the per-request state.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response};
+use tower_service::Service;
+
+use crate::layer::{Config, LifecycleLayer};
+use crate::lifecycle::{End, Shared};
+use crate::{Lifecycle, LifecycleBody, ResponseFuture};
+
+/// Middleware that tracks every request's connection lifecycle.
+///
+/// Built by [`LifecycleLayer`]. For each request it inserts a
+/// [`Lifecycle`] into the request's extensions, calls the inner service,
+/// and wraps the response future ([`ResponseFuture`]) and body
+/// ([`LifecycleBody`]) to learn how the request ended.
+#[derive(Clone)]
+pub struct LifecycleService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> LifecycleService<S> {
+    /// Wraps `inner` with the default settings; the same as
+    /// `LifecycleLayer::new().layer(inner)`.
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&LifecycleLayer::new(), inner)
+    }
+
+    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
+        LifecycleService { inner, config }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LifecycleService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
+{
+    type Response = Response<LifecycleBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = Arc::new(Shared::new(self.config.clone()));
+        let head = req.method() == Method::HEAD;
+        req.extensions_mut().insert(Lifecycle {
+            shared: shared.clone(),
+        });
+        // Ends the lifecycle (panicked) should the inner `call` panic.
+        let guard = CallGuard(Some(shared));
+        let inner = self.inner.call(req);
+        ResponseFuture::new(inner, guard.disarm(), head)
+    }
+}
+
+struct CallGuard(Option<Arc<Shared>>);
+
+impl CallGuard {
+    fn disarm(mut self) -> Arc<Shared> {
+        self.0.take().expect("guard is armed until disarmed")
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.end(End {
+                panicked: true,
+                ..End::handler()
+            });
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for LifecycleService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LifecycleService")
+            .field("inner", &self.inner)
+            .field("on_complete", &self.config.on_complete.is_some())
+            .finish()
+    }
+}
