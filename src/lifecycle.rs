@@ -132,9 +132,10 @@ impl Lifecycle {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.shared.remember_runtime();
-        self.shared.register(Hook::Async(Box::new(move |completion| {
-            Box::pin(f(completion))
-        })));
+        self.shared
+            .register(Hook::Async(Box::new(move |completion| {
+                Box::pin(f(completion))
+            })));
     }
 }
 

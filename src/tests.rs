@@ -1,1 +1,914 @@
+//! Logic tests: the layer driven with `ServiceBuilder` / `tower_test`,
+//! aborts simulated by dropping the response future or body.
 
+use std::convert::Infallible;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Completions reported by the layer's `on_complete`, in order.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Completion>>>);
+
+impl Seen {
+    fn layer(&self) -> LifecycleLayer {
+        let seen = self.clone();
+        LifecycleLayer::new().on_complete(move |c| seen.0.lock().unwrap().push(c.clone()))
+    }
+
+    fn all(&self) -> Vec<Completion> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn only(&self) -> Completion {
+        let all = self.all();
+        assert_eq!(all.len(), 1, "expected exactly one completion: {all:?}");
+        all[0].clone()
+    }
+}
+
+/// An ordered log of strings, shared by hooks.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+
+    fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn lifecycle_of<B>(req: &Request<B>) -> Lifecycle {
+    req.extensions()
+        .get::<Lifecycle>()
+        .expect("the layer inserts a Lifecycle")
+        .clone()
+}
+
+fn full(s: &'static str) -> Response<Full<Bytes>> {
+    Response::new(Full::from(s))
+}
+
+/// A hand-driven body: data chunks, then optional trailers, with an
+/// inexact size hint unless told otherwise.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    exact: bool,
+    fail_after: Option<usize>,
+}
+
+impl Chunks {
+    fn new(chunks: &[&'static str]) -> Self {
+        Chunks {
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+            trailers: None,
+            exact: false,
+            fail_after: None,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = &'static str;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(n) = self.fail_after.as_mut() {
+            if *n == 0 {
+                return Poll::Ready(Some(Err("body failed")));
+            }
+            *n -= 1;
+        }
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.remaining())
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+type PolledFrame<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+fn poll_once<B: Body + Unpin>(body: &mut B) -> PolledFrame<B> {
+    let waker = std::task::Waker::noop();
+    Pin::new(body).poll_frame(&mut Context::from_waker(waker))
+}
+
+// ---- status and phase of each way a request ends ----
+
+#[tokio::test]
+async fn body_read_to_the_end_is_normal() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Chunks::new(&["ab", "cde"])))
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "abcde");
+    let c = seen.only();
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
+    assert_eq!(c.phase(), Phase::Body);
+    assert_eq!(c.bytes_sent(), 5);
+    assert_eq!(c.response_status(), Some(StatusCode::OK));
+    assert!(!c.panicked() && !c.body_error() && !c.service_error());
+}
+
+#[tokio::test]
+async fn dropping_the_future_before_the_head_is_aborted() {
+    let seen = Seen::default();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let started_tx = Mutex::new(Some(started_tx));
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(move |req: Request<()>| {
+            let _ = started_tx
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap()
+                .send(lifecycle_of(&req));
+            async {
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(full("never"))
+            }
+        });
+    let fut = svc.oneshot(Request::new(()));
+    let mut fut = Box::pin(fut);
+    assert!(futures_poll(&mut fut).is_pending());
+    let lifecycle = started_rx.await.unwrap();
+    let waiters = [
+        tokio::spawn(lifecycle.aborted()),
+        tokio::spawn(lifecycle.aborted()),
+    ];
+    assert!(seen.all().is_empty(), "nothing ends while the handler runs");
+    drop(fut);
+    for w in waiters {
+        tokio::time::timeout(WAIT, w)
+            .await
+            .expect("aborted() resolves")
+            .unwrap();
+    }
+    assert!(lifecycle.is_aborted());
+    lifecycle.aborted().await; // at once when already set
+    let c = seen.only();
+    assert_eq!(c.status(), ConnectionStatus::ABORTED);
+    assert_eq!(c.phase(), Phase::Handler);
+    assert_eq!(c.response_status(), None);
+    assert!(!c.panicked());
+}
+
+fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    let waker = std::task::Waker::noop();
+    Pin::new(fut).poll(&mut Context::from_waker(waker))
+}
+
+#[tokio::test]
+async fn dropping_the_body_mid_stream_is_aborted_with_bytes_sent() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Chunks::new(&["abc", "de", "f"])))
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    let mut body = res.into_body();
+    assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
+    assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
+    assert!(seen.all().is_empty());
+    drop(body);
+    let c = seen.only();
+    assert_eq!(c.status(), ConnectionStatus::ABORTED);
+    assert_eq!(c.phase(), Phase::Body);
+    assert_eq!(c.bytes_sent(), 5);
+}
+
+#[tokio::test]
+async fn early_drops_of_complete_bodies_are_normal() {
+    // Each case: a response that hyper may drop without polling to `None`.
+    type Case = (&'static str, fn() -> Response<Chunks>, &'static str, usize);
+    let cases: [Case; 7] = [
+        (
+            "exact size hint",
+            || {
+                let mut b = Chunks::new(&["abc", "de"]);
+                b.exact = true;
+                Response::new(b)
+            },
+            "GET",
+            2,
+        ),
+        (
+            "content-length",
+            || {
+                Response::builder()
+                    .header("content-length", "5")
+                    .body(Chunks::new(&["abc", "de"]))
+                    .unwrap()
+            },
+            "GET",
+            2,
+        ),
+        ("head", || Response::new(Chunks::new(&["abc"])), "HEAD", 0),
+        (
+            "204",
+            || {
+                Response::builder()
+                    .status(204)
+                    .body(Chunks::new(&[]))
+                    .unwrap()
+            },
+            "GET",
+            0,
+        ),
+        (
+            "304",
+            || {
+                Response::builder()
+                    .status(304)
+                    .body(Chunks::new(&["x"]))
+                    .unwrap()
+            },
+            "GET",
+            0,
+        ),
+        (
+            "101",
+            || {
+                Response::builder()
+                    .status(101)
+                    .body(Chunks::new(&["x"]))
+                    .unwrap()
+            },
+            "GET",
+            0,
+        ),
+        (
+            "trailers",
+            || {
+                let mut b = Chunks::new(&["abc"]);
+                b.trailers = Some(HeaderMap::new());
+                Response::new(b)
+            },
+            "GET",
+            2,
+        ),
+    ];
+    for (name, make, method, polls) in cases {
+        let seen = Seen::default();
+        let svc = ServiceBuilder::new()
+            .layer(seen.layer())
+            .service_fn(move |_req: Request<()>| async move { Ok::<_, Infallible>(make()) });
+        let req = Request::builder().method(method).body(()).unwrap();
+        let mut body = svc.oneshot(req).await.unwrap().into_body();
+        for _ in 0..polls {
+            assert!(
+                matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))),
+                "{name}"
+            );
+        }
+        drop(body);
+        let c = seen.only();
+        assert_eq!(c.status(), ConnectionStatus::NORMAL, "{name}");
+        assert_eq!(c.phase(), Phase::Body, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn empty_and_full_bodies_are_normal_even_unpolled_or_polled_once() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(if req.uri() == "/empty" {
+                Response::new(Empty::<Bytes>::new().boxed())
+            } else {
+                Response::new(Full::from("hello").boxed())
+            })
+        });
+    let empty = svc
+        .clone()
+        .oneshot(Request::get("/empty").body(()).unwrap())
+        .await
+        .unwrap();
+    drop(empty);
+    let mut full = svc
+        .oneshot(Request::get("/full").body(()).unwrap())
+        .await
+        .unwrap()
+        .into_body();
+    assert!(matches!(poll_once(&mut full), Poll::Ready(Some(Ok(_)))));
+    drop(full);
+    let all = seen.all();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|c| c.status().is_normal()), "{all:?}");
+    assert_eq!(all[1].bytes_sent(), 5);
+}
+
+#[tokio::test]
+async fn a_body_error_is_recorded_not_an_abort() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(|_req: Request<()>| async {
+            let mut b = Chunks::new(&["abc", "def"]);
+            b.fail_after = Some(1);
+            Ok::<_, Infallible>(Response::new(b))
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap_err(), "body failed");
+    let c = seen.only();
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
+    assert!(c.body_error());
+    assert_eq!(c.bytes_sent(), 3);
+}
+
+#[tokio::test]
+async fn a_service_error_is_recorded_not_an_abort() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(|_req: Request<()>| async { Err::<Response<Full<Bytes>>, _>("nope") });
+    assert_eq!(svc.oneshot(Request::new(())).await.unwrap_err(), "nope");
+    let c = seen.only();
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
+    assert_eq!(c.phase(), Phase::Handler);
+    assert!(c.service_error());
+}
+
+// ---- hooks ----
+
+#[tokio::test]
+async fn hooks_run_in_order_then_nested_then_on_complete_once() {
+    let log = Log::default();
+    let layer_log = log.clone();
+    let layer =
+        LifecycleLayer::new().on_complete(move |c| layer_log.push(format!("layer:{}", c.status())));
+    let hook_log = log.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            let log = hook_log.clone();
+            async move {
+                let inner = lifecycle.clone();
+                let l = log.clone();
+                lifecycle.on_shutdown(move |_| {
+                    l.push("first");
+                    let l2 = l.clone();
+                    inner.on_shutdown(move |_| l2.push("nested"));
+                });
+                let l = log.clone();
+                lifecycle.on_shutdown(move |c| l.push(format!("second:{}", c.status())));
+                Ok::<_, Infallible>(full("x"))
+            }
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(
+        log.get(),
+        ["first", "second:normal", "nested", "layer:normal"]
+    );
+}
+
+/// `tracing` output of this test binary at WARN and above. A global
+/// subscriber, because a thread-local one misses events when other tests
+/// register the same callsites concurrently.
+fn logs() -> String {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    #[derive(Clone)]
+    struct W(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for W {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = W(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("only this test sets it");
+        buf
+    });
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_hook_is_logged_and_the_others_still_run() {
+    logs(); // install the subscriber
+    let log = Log::default();
+    let l = log.clone();
+    let layer = LifecycleLayer::new().on_complete(move |_| l.push("layer"));
+    let hook_log = log.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            let log = hook_log.clone();
+            async move {
+                lifecycle.on_shutdown(|_| panic!("hook boom"));
+                let l = log.clone();
+                lifecycle.on_shutdown(move |_| l.push("after panic"));
+                Ok::<_, Infallible>(full("x"))
+            }
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(log.get(), ["after panic", "layer"]);
+    let logs = logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("hook boom"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("ERROR"), "{line}");
+}
+
+#[tokio::test]
+async fn async_hooks_are_awaited_in_order() {
+    let log = Log::default();
+    let l = log.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let done_tx = Mutex::new(Some(done_tx));
+    let layer = LifecycleLayer::new().on_complete(move |_| {
+        l.push("layer");
+        let _ = done_tx.lock().unwrap().take().unwrap().send(());
+    });
+    let hook_log = log.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            let log = hook_log.clone();
+            async move {
+                let l = log.clone();
+                lifecycle.on_shutdown(move |_| l.push("sync 1"));
+                let l = log.clone();
+                lifecycle.on_shutdown_async(move |c| async move {
+                    tokio::task::yield_now().await;
+                    l.push(format!("async:{}", c.status()));
+                });
+                lifecycle.on_shutdown_async(|_| async { panic!("async hook boom") });
+                let l = log.clone();
+                lifecycle.on_shutdown(move |_| l.push("sync 2"));
+                Ok::<_, Infallible>(full("x"))
+            }
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    tokio::time::timeout(WAIT, done_rx).await.unwrap().unwrap();
+    assert_eq!(log.get(), ["sync 1", "async:normal", "sync 2", "layer"]);
+}
+
+#[tokio::test]
+async fn a_hook_registered_after_the_end_runs_at_once_with_the_final_completion() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(move |req: Request<()>| {
+            let _ = tx.lock().unwrap().take().unwrap().send(lifecycle_of(&req));
+            async { Ok::<_, Infallible>(full("x")) }
+        });
+    let mut svc = svc;
+    let fut = svc.ready().await.unwrap().call(Request::new(()));
+    drop(fut); // never polled: aborted before the head
+    let lifecycle = rx.await.unwrap();
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    lifecycle.on_shutdown(move |c| *g.lock().unwrap() = Some(c.clone()));
+    let c = got.lock().unwrap().take().expect("ran at once");
+    assert_eq!(c.status(), ConnectionStatus::ABORTED);
+    assert_eq!(c.phase(), Phase::Handler);
+}
+
+#[tokio::test]
+async fn every_path_runs_each_hook_exactly_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer_calls = Arc::new(AtomicUsize::new(0));
+    let lc = layer_calls.clone();
+    let layer = LifecycleLayer::new().on_complete(move |_| {
+        lc.fetch_add(1, Ordering::SeqCst);
+    });
+    let c = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            let calls = c.clone();
+            async move {
+                lifecycle.on_shutdown(move |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                });
+                if req.uri() == "/pending" {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"])))
+            }
+        });
+    // normal
+    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // dropped after the head, before any frame
+    drop(svc.clone().oneshot(Request::new(())).await.unwrap());
+    // dropped mid-body, after the end was polled twice more (None twice)
+    let mut body = svc
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .unwrap()
+        .into_body();
+    while let Poll::Ready(Some(_)) = poll_once(&mut body) {}
+    assert!(matches!(poll_once(&mut body), Poll::Ready(None)));
+    drop(body);
+    // dropped before the head, while the handler waits
+    let req = Request::get("/pending").body(()).unwrap();
+    let mut fut = Box::pin(svc.clone().oneshot(req));
+    assert!(futures_poll(&mut fut).is_pending());
+    drop(fut);
+    // a body error
+    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    drop(body.frame().await);
+    drop(body);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(layer_calls.load(Ordering::SeqCst), 5);
+}
+
+// ---- panics ----
+
+/// A service whose handler registers a counting hook, then panics.
+fn panicking_handler(
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone {
+    tower::service_fn(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let calls = calls.clone();
+        async move {
+            lifecycle.on_shutdown(move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+            });
+            tokio::task::yield_now().await;
+            if req.uri() == "/panic" {
+                panic!("handler boom");
+            }
+            Ok::<_, Infallible>(full("fine"))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_handler_panic_propagates_unchanged_and_is_recorded() {
+    let seen = Seen::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service(panicking_handler(calls.clone()));
+    let req = Request::get("/panic").body(()).unwrap();
+    let err = tokio::spawn(svc.oneshot(req)).await.unwrap_err();
+    let payload = err.into_panic();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"handler boom"));
+    // The drop happened during the unwind: hooks were handed to the runtime.
+    let c = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(c) = seen.all().pop() {
+                return c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(c.panicked());
+    assert_eq!(
+        c.status(),
+        ConnectionStatus::NORMAL,
+        "a panic is not an abort"
+    );
+    assert_eq!(c.phase(), Phase::Handler);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_panic_caught_by_catch_panic_layer_inside_is_still_recorded() {
+    let seen = Seen::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .service(panicking_handler(calls.clone()));
+    let req = Request::get("/panic").body(()).unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    res.into_body().collect().await.unwrap();
+    let c = seen.only();
+    assert!(c.panicked());
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
+    assert_eq!(c.response_status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // and a request that does not panic is not marked
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert!(!seen.all()[1].panicked());
+}
+
+#[test]
+fn hooks_started_by_a_drop_during_an_unwind_do_not_abort_the_process() {
+    // No runtime at all: the hooks run inline under `catch_unwind`, even
+    // the panicking one, while the thread is unwinding.
+    let seen = Seen::default();
+    let after = Arc::new(AtomicUsize::new(0));
+    let a = after.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            lifecycle.on_shutdown(|_| panic!("hook panics during an unwind"));
+            let a = a.clone();
+            lifecycle.on_shutdown(move |_| {
+                a.fetch_add(1, Ordering::SeqCst);
+            });
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        });
+    let fut = svc.call(Request::new(()));
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let _held = fut;
+        panic!("outer panic");
+    }));
+    assert!(result.is_err());
+    assert_eq!(after.load(Ordering::SeqCst), 1);
+    let c = seen.only();
+    assert!(c.panicked(), "dropped while unwinding");
+    assert!(!c.status().is_aborted());
+}
+
+#[tokio::test]
+async fn with_a_runtime_unwind_drops_hand_the_hooks_to_the_runtime() {
+    let seen = Seen::default();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let mut svc = ServiceBuilder::new()
+        .layer(seen.layer())
+        .service_fn(move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            lifecycle.on_shutdown(|_| panic!("hook panics"));
+            let tx = tx.lock().unwrap().take().unwrap();
+            lifecycle.on_shutdown(move |_| {
+                let _ = tx.send(std::thread::panicking());
+            });
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        });
+    let fut = svc.call(Request::new(()));
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let _held = fut;
+        panic!("outer panic");
+    }));
+    assert!(result.is_err());
+    assert!(seen.all().is_empty(), "not run inside the unwind");
+    let ran_while_panicking = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
+    assert!(!ran_while_panicking);
+    assert!(seen.only().panicked());
+}
+
+#[tokio::test]
+async fn a_panic_in_the_inner_call_still_ends_the_lifecycle() {
+    let seen = Seen::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut svc = ServiceBuilder::new().layer(seen.layer()).service_fn(
+        move |req: Request<()>| -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+            tx.send(lifecycle_of(&req)).unwrap();
+            panic!("call boom")
+        },
+    );
+    let svc = &mut svc;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        drop(svc.call(Request::new(())));
+    }));
+    assert!(result.is_err());
+    let lifecycle = rx.recv().unwrap();
+    let c = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(c) = seen.all().pop() {
+                return c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(c.panicked());
+    assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
+}
+
+// ---- tower_test and the body wrapper ----
+
+#[tokio::test]
+async fn with_tower_test_mock_readiness_is_forwarded_and_aborts_are_simulated() {
+    let seen = Seen::default();
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<Request<()>, Response<Full<Bytes>>, _>(seen.layer());
+
+    handle.allow(0);
+    assert!(
+        svc.poll_ready().is_pending(),
+        "readiness comes from the inner service"
+    );
+    handle.allow(2);
+    assert!(svc.poll_ready().is_ready());
+
+    // Abort before the head: drop the response future.
+    let fut = svc.call(Request::get("/a").body(()).unwrap());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.uri(), "/a");
+    let lifecycle = lifecycle_of(&req);
+    drop(fut);
+    assert!(lifecycle.is_aborted());
+    drop(send);
+
+    // A response the test sends itself, read to the end: normal.
+    assert!(svc.poll_ready().is_ready());
+    let fut = svc.call(Request::get("/b").body(()).unwrap());
+    let (req, send) = handle.next_request().await.unwrap();
+    let lifecycle = lifecycle_of(&req);
+    send.send_response(full("ok"));
+    let res = fut.await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert!(!lifecycle.is_aborted());
+
+    let all = seen.all();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].status(), all[0].phase()),
+        (ConnectionStatus::ABORTED, Phase::Handler)
+    );
+    assert_eq!(
+        (all[1].status(), all[1].phase()),
+        (ConnectionStatus::NORMAL, Phase::Body)
+    );
+}
+
+#[tokio::test]
+async fn the_body_forwards_size_hint_end_of_stream_and_trailers() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let t = trailers.clone();
+    let svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(move |req: Request<()>| {
+            let t = t.clone();
+            async move {
+                Ok::<_, Infallible>(if req.uri() == "/full" {
+                    Response::new(Full::from("hello").boxed_unsync())
+                } else {
+                    let mut b = Chunks::new(&["abc"]);
+                    b.trailers = Some(t);
+                    Response::new(b.map_err(|_| unreachable!()).boxed_unsync())
+                })
+            }
+        });
+    let full = svc
+        .clone()
+        .oneshot(Request::get("/full").body(()).unwrap())
+        .await
+        .unwrap();
+    let body = full.into_body();
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert!(!body.is_end_stream());
+    let empty = svc
+        .clone()
+        .oneshot(Request::get("/full").body(()).unwrap())
+        .await
+        .unwrap();
+    let mut body = empty.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+
+    let res = svc
+        .oneshot(Request::get("/trailers").body(()).unwrap())
+        .await
+        .unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers(), Some(&trailers));
+}
+
+#[test]
+fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Lifecycle>();
+    send_sync::<Completion>();
+    send_sync::<LifecycleLayer>();
+    send_sync::<crate::LifecycleService<()>>();
+    send::<crate::ResponseFuture<std::future::Ready<()>>>();
+    send_sync::<crate::LifecycleBody<Full<Bytes>>>();
+    let lifecycle = Lifecycle {
+        shared: Arc::new(crate::lifecycle::Shared::new(Default::default())),
+    };
+    send::<Box<dyn std::future::Future<Output = ()> + Send>>();
+    let _aborted: Box<dyn std::future::Future<Output = ()> + Send> = Box::new(lifecycle.aborted());
+}
+
+#[cfg(feature = "axum")]
+mod axum_extractor {
+    use super::*;
+    use axum::routing::get;
+    use axum::Router;
+
+    async fn uses_it(lifecycle: Lifecycle) -> String {
+        lifecycle.status().to_string()
+    }
+
+    async fn optional(lifecycle: Option<Lifecycle>) -> &'static str {
+        if lifecycle.is_some() {
+            "some"
+        } else {
+            "none"
+        }
+    }
+
+    fn app() -> Router {
+        Router::new()
+            .route("/", get(uses_it))
+            .route("/optional", get(optional))
+    }
+
+    async fn text(app: Router, uri: &str) -> (StatusCode, String) {
+        let res = app
+            .oneshot(Request::get(uri).body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_the_layer_the_rejection_says_how_to_fix_it() {
+        let (status, body) = text(app(), "/").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("LifecycleLayer"), "{body}");
+        assert_eq!(
+            text(app(), "/optional").await,
+            (StatusCode::OK, "none".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_layer_the_extractor_works() {
+        let app = app().layer(LifecycleLayer::new());
+        assert_eq!(
+            text(app.clone(), "/").await,
+            (StatusCode::OK, "normal".into())
+        );
+        assert_eq!(
+            text(app, "/optional").await,
+            (StatusCode::OK, "some".into())
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Shared harness for the loopback tests: a hyper-util server on
+//! 127.0.0.1:0 speaking HTTP/1.1 and HTTP/2, hyper clients, and a collector
+//! of the completions the layer reports.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tower_lifecycle::{Completion, LifecycleLayer};
+
+/// How long any test waits for an event before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Awaits `fut`, failing the test after [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+}
+
+/// Receives the completions reported by a layer's `on_complete`.
+pub struct Completions(mpsc::UnboundedReceiver<Completion>);
+
+impl Completions {
+    /// The next completion, failing the test if none comes within [`WAIT`].
+    pub async fn next(&mut self) -> Completion {
+        within("a completion", self.0.recv())
+            .await
+            .expect("layer dropped")
+    }
+
+    /// Asserts no further completion arrived (call after the events that
+    /// could have produced one were awaited).
+    pub fn assert_none(&mut self) {
+        if let Ok(c) = self.0.try_recv() {
+            panic!("unexpected extra completion: {c:?}");
+        }
+    }
+}
+
+/// A layer whose `on_complete` reports into the returned receiver.
+pub fn layer() -> (LifecycleLayer, Completions) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let layer = LifecycleLayer::new().on_complete(move |c| {
+        let _ = tx.send(c.clone());
+    });
+    (layer, Completions(rx))
+}
+
+/// Serves `svc` on 127.0.0.1:0 with hyper-util's auto builder (HTTP/1.1
+/// and HTTP/2 prior knowledge). The accept loop ends with the test's
+/// runtime.
+pub async fn serve<S, B>(svc: S) -> SocketAddr
+where
+    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The HTTP version a test speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+pub const BOTH: [Proto; 2] = [Proto::Http1, Proto::Http2];
+
+/// A hyper client connection to `addr`.
+pub enum Client {
+    Http1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Client {
+    /// Connects; the connection task runs until the connection closes. The
+    /// returned handle aborts it (closing the connection) when asked.
+    pub async fn connect(addr: SocketAddr, proto: Proto) -> (Client, tokio::task::JoinHandle<()>) {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        match proto {
+            Proto::Http1 => {
+                let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                let task = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                (Client::Http1(send), task)
+            }
+            Proto::Http2 => {
+                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                (Client::Http2(send), task)
+            }
+        }
+    }
+
+    /// Sends a request with an empty body and returns the response head
+    /// with its streaming body.
+    pub async fn send(
+        &mut self,
+        req: Request<Empty<Bytes>>,
+    ) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Client::Http1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Client::Http2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
+/// A GET request for `path` suited to `proto`.
+pub fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://127.0.0.1{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// Reads a whole response body.
+pub async fn read_all(res: Response<hyper::body::Incoming>) -> Bytes {
+    within("the whole body", res.into_body().collect())
+        .await
+        .expect("body error")
+        .to_bytes()
+}
