@@ -18,9 +18,10 @@
 //!
 //! ```
 //! use std::convert::Infallible;
+//! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
-//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_lifecycle::{ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -33,7 +34,7 @@
 //!     .service_fn(|req: Request<()>| async move {
 //!         let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
 //!         lifecycle.on_shutdown(|done| println!("request ended: {}", done.status()));
-//!         Ok::<_, Infallible>(Response::new(Full::from("hello")))
+//!         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("hello")))
 //!     });
 //!
 //! // Read to the end: NORMAL.
@@ -42,7 +43,8 @@
 //! assert_eq!(rx.recv().unwrap(), (ConnectionStatus::NORMAL, Phase::Body, 5));
 //!
 //! // The server drops the response future before the head: ABORTED.
-//! let future = svc.oneshot(Request::new(()));
+//! let mut svc = svc;
+//! let future = svc.ready().await.unwrap().call(Request::new(()));
 //! drop(future);
 //! assert_eq!(rx.recv().unwrap(), (ConnectionStatus::ABORTED, Phase::Handler, 0));
 //! # }
@@ -117,6 +119,7 @@
 //! ```
 //! use std::convert::Infallible;
 //! use std::time::Duration;
+//! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -124,22 +127,23 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let (tx, rx) = tokio::sync::oneshot::channel();
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 //! let svc = ServiceBuilder::new()
 //!     .layer(LifecycleLayer::new())
 //!     .service_fn(move |req: Request<()>| {
 //!         let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
+//!         let tx = tx.clone();
 //!         async move {
-//!             let _ = tx.send(lifecycle.clone());
+//!             let _ = tx.send(lifecycle);
 //!             tokio::time::sleep(Duration::from_secs(3600)).await; // slow work
-//!             Ok::<_, Infallible>(Response::new(Full::from("late")))
+//!             Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("late")))
 //!         }
 //!     });
 //!
 //! let mut future = Box::pin(svc.oneshot(Request::new(())));
 //! // Drive the handler until it is inside its slow work...
 //! let lifecycle = tokio::select! {
-//!     lifecycle = rx => lifecycle.unwrap(),
+//!     lifecycle = rx.recv() => lifecycle.unwrap(),
 //!     _ = &mut future => unreachable!(),
 //! };
 //! assert!(!lifecycle.is_aborted());

@@ -35,6 +35,7 @@ const STATUS_BITS: u8 = 0b11;
 ///
 /// ```
 /// use std::convert::Infallible;
+/// use bytes::Bytes;
 /// use http::{Request, Response};
 /// use http_body_util::Full;
 /// use tower::{ServiceBuilder, ServiceExt};
@@ -49,7 +50,7 @@ const STATUS_BITS: u8 = 0b11;
 ///         lifecycle.on_shutdown(|done| {
 ///             println!("{} in the {} phase after {:?}", done.status(), done.phase(), done.elapsed());
 ///         });
-///         Ok::<_, Infallible>(Response::new(Full::from("hello")))
+///         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("hello")))
 ///     });
 /// let response = svc.oneshot(Request::new(())).await.unwrap();
 /// drop(response); // the hook runs once the body is done with: here, "normal"
