@@ -29,6 +29,26 @@ impl Seen {
         LifecycleLayer::new().on_complete(move |c| seen.0.lock().unwrap().push(c.clone()))
     }
 
+    /// `f` as a service behind a layer that reports here.
+    fn service<F>(&self, f: F) -> crate::LifecycleService<tower::util::ServiceFn<F>> {
+        ServiceBuilder::new().layer(self.layer()).service_fn(f)
+    }
+
+    /// Waits for the first completion (hooks handed to the runtime run
+    /// later than the drop that ended the lifecycle).
+    async fn wait_one(&self) -> Completion {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(c) = self.all().first() {
+                    return c.clone();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a completion within the wait")
+    }
+
     fn all(&self) -> Vec<Completion> {
         self.0.lock().unwrap().clone()
     }
@@ -133,11 +153,9 @@ fn poll_once<B: Body + Unpin>(body: &mut B) -> PolledFrame<B> {
 #[tokio::test]
 async fn body_read_to_the_end_is_normal() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Chunks::new(&["ab", "cde"])))
-        });
+    let svc = seen.service(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Chunks::new(&["ab", "cde"])))
+    });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "abcde");
     let c = seen.only();
@@ -153,20 +171,18 @@ async fn dropping_the_future_before_the_head_is_aborted() {
     let seen = Seen::default();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let started_tx = Mutex::new(Some(started_tx));
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(move |req: Request<()>| {
-            let _ = started_tx
-                .lock()
-                .unwrap()
-                .take()
-                .unwrap()
-                .send(lifecycle_of(&req));
-            async {
-                std::future::pending::<()>().await;
-                Ok::<_, Infallible>(full("never"))
-            }
-        });
+    let svc = seen.service(move |req: Request<()>| {
+        let _ = started_tx
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap()
+            .send(lifecycle_of(&req));
+        async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(full("never"))
+        }
+    });
     let fut = svc.oneshot(Request::new(()));
     let mut fut = Box::pin(fut);
     assert!(futures_poll(&mut fut).is_pending());
@@ -200,11 +216,9 @@ fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> 
 #[tokio::test]
 async fn dropping_the_body_mid_stream_is_aborted_with_bytes_sent() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Chunks::new(&["abc", "de", "f"])))
-        });
+    let svc = seen.service(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Chunks::new(&["abc", "de", "f"])))
+    });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     let mut body = res.into_body();
     assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
@@ -311,15 +325,13 @@ async fn early_drops_of_complete_bodies_are_normal() {
 #[tokio::test]
 async fn empty_and_full_bodies_are_normal_even_unpolled_or_polled_once() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(|req: Request<()>| async move {
-            Ok::<_, Infallible>(if req.uri() == "/empty" {
-                Response::new(Empty::<Bytes>::new().boxed())
-            } else {
-                Response::new(Full::from("hello").boxed())
-            })
-        });
+    let svc = seen.service(|req: Request<()>| async move {
+        Ok::<_, Infallible>(if req.uri() == "/empty" {
+            Response::new(Empty::<Bytes>::new().boxed())
+        } else {
+            Response::new(Full::from("hello").boxed())
+        })
+    });
     let empty = svc
         .clone()
         .oneshot(Request::get("/empty").body(()).unwrap())
@@ -342,13 +354,11 @@ async fn empty_and_full_bodies_are_normal_even_unpolled_or_polled_once() {
 #[tokio::test]
 async fn a_body_error_is_recorded_not_an_abort() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(|_req: Request<()>| async {
-            let mut b = Chunks::new(&["abc", "def"]);
-            b.fail_after = Some(1);
-            Ok::<_, Infallible>(Response::new(b))
-        });
+    let svc = seen.service(|_req: Request<()>| async {
+        let mut b = Chunks::new(&["abc", "def"]);
+        b.fail_after = Some(1);
+        Ok::<_, Infallible>(Response::new(b))
+    });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap_err(), "body failed");
     let c = seen.only();
@@ -360,9 +370,7 @@ async fn a_body_error_is_recorded_not_an_abort() {
 #[tokio::test]
 async fn a_service_error_is_recorded_not_an_abort() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(|_req: Request<()>| async { Err::<Response<Full<Bytes>>, _>("nope") });
+    let svc = seen.service(|_req: Request<()>| async { Err::<Response<Full<Bytes>>, _>("nope") });
     assert_eq!(svc.oneshot(Request::new(())).await.unwrap_err(), "nope");
     let c = seen.only();
     assert_eq!(c.status(), ConnectionStatus::NORMAL);
@@ -614,16 +622,7 @@ async fn a_handler_panic_propagates_unchanged_and_is_recorded() {
     let payload = err.into_panic();
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"handler boom"));
     // The drop happened during the unwind: hooks were handed to the runtime.
-    let c = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(c) = seen.all().pop() {
-                return c;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    let c = seen.wait_one().await;
     assert!(c.panicked());
     assert_eq!(
         c.status(),
@@ -665,17 +664,15 @@ fn hooks_started_by_a_drop_during_an_unwind_do_not_abort_the_process() {
     let seen = Seen::default();
     let after = Arc::new(AtomicUsize::new(0));
     let a = after.clone();
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            lifecycle.on_shutdown(|_| panic!("hook panics during an unwind"));
-            let a = a.clone();
-            lifecycle.on_shutdown(move |_| {
-                a.fetch_add(1, Ordering::SeqCst);
-            });
-            std::future::ready(Ok::<_, Infallible>(full("x")))
+    let mut svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        lifecycle.on_shutdown(|_| panic!("hook panics during an unwind"));
+        let a = a.clone();
+        lifecycle.on_shutdown(move |_| {
+            a.fetch_add(1, Ordering::SeqCst);
         });
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
     let fut = svc.call(Request::new(()));
     let result = catch_unwind(AssertUnwindSafe(move || {
         let _held = fut;
@@ -693,17 +690,15 @@ async fn with_a_runtime_unwind_drops_hand_the_hooks_to_the_runtime() {
     let seen = Seen::default();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            lifecycle.on_shutdown(|_| panic!("hook panics"));
-            let tx = tx.lock().unwrap().take().unwrap();
-            lifecycle.on_shutdown(move |_| {
-                let _ = tx.send(std::thread::panicking());
-            });
-            std::future::ready(Ok::<_, Infallible>(full("x")))
+    let mut svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        lifecycle.on_shutdown(|_| panic!("hook panics"));
+        let tx = tx.lock().unwrap().take().unwrap();
+        lifecycle.on_shutdown(move |_| {
+            let _ = tx.send(std::thread::panicking());
         });
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
     let fut = svc.call(Request::new(()));
     let result = catch_unwind(AssertUnwindSafe(move || {
         let _held = fut;
@@ -732,16 +727,7 @@ async fn a_panic_in_the_inner_call_still_ends_the_lifecycle() {
     }));
     assert!(result.is_err());
     let lifecycle = rx.recv().unwrap();
-    let c = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(c) = seen.all().pop() {
-                return c;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    let c = seen.wait_one().await;
     assert!(c.panicked());
     assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
 }
