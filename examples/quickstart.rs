@@ -39,7 +39,11 @@ async fn stream(lifecycle: Lifecycle) -> Response {
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     tokio::spawn(async move {
         for i in 1..=10 {
-            if tx.send_data(Bytes::from(format!("line {i}\n"))).await.is_err() {
+            if tx
+                .send_data(Bytes::from(format!("line {i}\n")))
+                .await
+                .is_err()
+            {
                 tracing::info!(line = i, "producer: the client is gone, stopping");
                 return;
             }

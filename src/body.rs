@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Buf;
-use http::{header, response::Parts, StatusCode};
+use http::{header, response::Parts, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -37,7 +37,8 @@ pin_project! {
     ///   or after a frame;
     /// - the data bytes yielded reached an exact [`size_hint`](Body::size_hint)
     ///   or the response's `Content-Length`;
-    /// - the request method was `HEAD`;
+    /// - the request method was `HEAD`, or `CONNECT` with a 2xx response
+    ///   (hyper sends no body then);
     /// - the response status was 1xx, 204 No Content or 304 Not Modified.
     ///
     /// A body that yields an error ends the lifecycle at once with
@@ -69,6 +70,38 @@ pin_project! {
     }
 }
 
+/// Requests whose response hyper sends without a body (RFC 9110 §6.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bodiless {
+    No,
+    Head,
+    Connect,
+}
+
+impl Bodiless {
+    pub(crate) fn of(method: &Method) -> Self {
+        if method == Method::HEAD {
+            Bodiless::Head
+        } else if method == Method::CONNECT {
+            Bodiless::Connect
+        } else {
+            Bodiless::No
+        }
+    }
+
+    fn response(self, status: StatusCode) -> bool {
+        match self {
+            Bodiless::No => {
+                status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED
+            }
+            Bodiless::Head => true,
+            Bodiless::Connect => status.is_success() || Bodiless::No.response(status),
+        }
+    }
+}
+
 fn body_end(status: StatusCode, sent: u64) -> End {
     End {
         phase: Phase::Body,
@@ -79,7 +112,7 @@ fn body_end(status: StatusCode, sent: u64) -> End {
 }
 
 impl<B: Body> LifecycleBody<B> {
-    pub(crate) fn new(inner: B, shared: Arc<Shared>, head: bool, parts: &Parts) -> Self {
+    pub(crate) fn new(inner: B, shared: Arc<Shared>, bodiless: Bodiless, parts: &Parts) -> Self {
         let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -90,12 +123,7 @@ impl<B: Body> LifecycleBody<B> {
             (a, b) => a.or(b),
         };
         let status = parts.status;
-        let complete = head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || expected == Some(0)
-            || inner.is_end_stream();
+        let complete = bodiless.response(status) || expected == Some(0) || inner.is_end_stream();
         LifecycleBody {
             inner,
             shared: Some(shared),

@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
+use crate::body::Bodiless;
 use crate::lifecycle::{End, Shared};
 use crate::LifecycleBody;
 
@@ -27,7 +28,7 @@ pin_project! {
         #[pin]
         inner: F,
         shared: Option<Arc<Shared>>,
-        head: bool,
+        bodiless: Bodiless,
         // Set while the inner future is being polled: still set in `drop`
         // means its `poll` panicked.
         polling: bool,
@@ -52,17 +53,17 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("done", &self.shared.is_none())
-            .field("head", &self.head)
+            .field("bodiless", &self.bodiless)
             .finish_non_exhaustive()
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared>, head: bool) -> Self {
+    pub(crate) fn new(inner: F, shared: Arc<Shared>, bodiless: Bodiless) -> Self {
         ResponseFuture {
             inner,
             shared: Some(shared),
-            head,
+            bodiless,
             polling: false,
         }
     }
@@ -88,7 +89,7 @@ where
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let body = LifecycleBody::new(body, shared, *this.head, &parts);
+                let body = LifecycleBody::new(body, shared, *this.bodiless, &parts);
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {

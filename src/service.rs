@@ -4,9 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use tower_service::Service;
 
+use crate::body::Bodiless;
 use crate::layer::{Config, LifecycleLayer};
 use crate::lifecycle::{End, Shared};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
@@ -65,14 +66,14 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = Arc::new(Shared::new(self.config.clone()));
-        let head = req.method() == Method::HEAD;
+        let bodiless = Bodiless::of(req.method());
         req.extensions_mut().insert(Lifecycle {
             shared: shared.clone(),
         });
         // Ends the lifecycle (panicked) should the inner `call` panic.
         let guard = CallGuard(Some(shared));
         let inner = self.inner.call(req);
-        ResponseFuture::new(inner, guard.disarm(), head)
+        ResponseFuture::new(inner, guard.disarm(), bodiless)
     }
 }
 

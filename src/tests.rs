@@ -235,7 +235,7 @@ async fn dropping_the_body_mid_stream_is_aborted_with_bytes_sent() {
 async fn early_drops_of_complete_bodies_are_normal() {
     // Each case: a response that hyper may drop without polling to `None`.
     type Case = (&'static str, fn() -> Response<Chunks>, &'static str, usize);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             "exact size hint",
             || {
@@ -258,6 +258,12 @@ async fn early_drops_of_complete_bodies_are_normal() {
             2,
         ),
         ("head", || Response::new(Chunks::new(&["abc"])), "HEAD", 0),
+        (
+            "connect 200",
+            || Response::new(Chunks::new(&["abc"])),
+            "CONNECT",
+            0,
+        ),
         (
             "204",
             || {

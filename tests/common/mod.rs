@@ -104,8 +104,10 @@ pub enum Client {
 }
 
 impl Client {
-    /// Connects; the connection task runs until the connection closes. The
-    /// returned handle aborts it (closing the connection) when asked.
+    /// Connects; the connection task runs until the connection closes.
+    /// Aborting the returned task closes an HTTP/1.1 connection; an HTTP/2
+    /// connection stays open while a request on it is in flight (hyper
+    /// drives it from a task of its own).
     pub async fn connect(addr: SocketAddr, proto: Proto) -> (Client, tokio::task::JoinHandle<()>) {
         let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
         match proto {
