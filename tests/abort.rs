@@ -14,17 +14,15 @@ mod common;
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::net::{Shutdown, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use http_body::Frame;
+use http_body_util::channel::{self, Channel};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -51,27 +49,9 @@ const HELLO: &str = "hello";
 /// What the test feeds a streamed body, one chunk at a time.
 const CHUNKS: [&str; 3] = ["first chunk,", " the second,", " and the third"];
 
-/// The test's end of a streamed body.
-type BodySender = mpsc::Sender<Bytes>;
-
-/// A body that yields what the test sends, one data frame per chunk, and
-/// stays pending while the test sends nothing. Sending fails once the body
-/// is dropped.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-    }
-}
+/// The test's end of a streamed body: an `http_body_util` channel, one
+/// data frame per send; sending fails once the body is dropped.
+type BodySender = channel::Sender<Bytes, Infallible>;
 
 /// What a handler reports once it is running.
 struct Running {
@@ -118,10 +98,10 @@ impl Probe {
     }
 
     /// A body fed by the test: hands the sending half over.
-    fn channel_body(&self) -> ChannelBody {
-        let (tx, rx) = mpsc::channel(1);
+    fn channel_body(&self) -> Channel<Bytes, Infallible> {
+        let (tx, body) = Channel::new(1);
         let _ = self.bodies.send(tx);
-        ChannelBody(rx)
+        body
     }
 }
 
@@ -450,10 +430,12 @@ async fn client_leaves_mid_body() {
             .await
             .unwrap();
         let mut running = server.running().await;
-        let tx = server.body_sender().await;
+        let mut tx = server.body_sender().await;
         let mut body = res.into_body();
         for chunk in CHUNKS {
-            tx.send(Bytes::from_static(chunk.as_bytes())).await.unwrap();
+            tx.send_data(Bytes::from_static(chunk.as_bytes()))
+                .await
+                .unwrap();
             read_chunk(&mut body, chunk).await;
         }
         assert!(!running.lifecycle.is_aborted());
@@ -467,7 +449,7 @@ async fn client_leaves_mid_body() {
         assert_eq!(done.bytes_sent(), yielded as u64, "{proto:?}");
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{proto:?}");
         assert!(
-            tx.send(Bytes::from_static(b"too late")).await.is_err(),
+            tx.send_data(Bytes::from_static(b"too late")).await.is_err(),
             "{proto:?}: the body outlived its abort"
         );
         server.expect_normal(&mut client, &running).await;
