@@ -154,11 +154,31 @@
 //! # }
 //! ```
 //!
-//! For exact control over readiness and when the response is produced,
-//! `tower_test::mock` works the same way: wrap the mock with the layer, take
-//! the request from the handle (its extensions hold the [`Lifecycle`]),
-//! and drop the response future before or after `send_response`. The
-//! crate's tests (`src/tests.rs`) show both ways.
+//! For exact control over readiness and over when the response is produced,
+//! use `tower_test::mock`: wrap the mock with the layer, take the request
+//! from the handle (its extensions hold the [`Lifecycle`]), and drop the
+//! response future before or after `send_response`.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower_lifecycle::{Lifecycle, LifecycleLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (mut svc, mut handle) =
+//!     tower_test::mock::spawn_layer::<Request<()>, Response<Full<Bytes>>, _>(LifecycleLayer::new());
+//! handle.allow(1);
+//! assert!(svc.poll_ready().is_ready());
+//!
+//! let future = svc.call(Request::new(()));
+//! let (request, _respond) = handle.next_request().await.unwrap();
+//! let lifecycle = request.extensions().get::<Lifecycle>().unwrap().clone();
+//! drop(future); // the client left before the head
+//! assert!(lifecycle.is_aborted());
+//! # }
+//! ```
 //!
 //! # Differences from tower-http's `on_early_drop`
 //!
