@@ -15,7 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::completion::Phase;
-use crate::lifecycle::{End, Shared};
+use tokio::runtime::Handle;
+
+use crate::future::{Detach, Inner};
+use crate::lifecycle::{End, Shared, WorkGuard};
 
 pin_project! {
     /// Response body of [`LifecycleService`](crate::LifecycleService).
@@ -44,10 +47,18 @@ pin_project! {
     /// A body that yields an error ends the lifecycle at once with
     /// [`Completion::body_error`](crate::Completion::body_error) set and is
     /// not an abort.
+    ///
+    /// # Ignore-abort
+    ///
+    /// Dropped before it was complete while ignore-abort is on, the inner
+    /// body is moved into a task and polled to its end, its frames
+    /// discarded, so whatever produces it (a task feeding a channel, say)
+    /// keeps succeeding. The lifecycle ends when the drain does.
     pub struct LifecycleBody<B> {
         #[pin]
-        inner: B,
+        inner: Inner<B>,
         shared: Option<Arc<Shared>>,
+        drain: Detach<B>,
         status: StatusCode,
         sent: u64,
         expected: Option<u64>,
@@ -58,16 +69,57 @@ pin_project! {
     impl<B> PinnedDrop for LifecycleBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(shared) = this.shared.take() {
-                let panicked = *this.polling || std::thread::panicking();
-                shared.end(End {
-                    aborted: !*this.complete && !panicked,
-                    panicked,
-                    ..body_end(*this.status, *this.sent)
-                });
+            let Some(shared) = this.shared.take() else {
+                return;
+            };
+            let panicked = *this.polling || std::thread::panicking();
+            if !*this.complete && !panicked {
+                if let Some(handle) = shared.abort() {
+                    if let (Some(body), Some(guard)) = (this.inner.project().take(), shared.add_work()) {
+                        (this.drain)(body, &handle, guard);
+                    }
+                }
             }
+            shared.response_done(End {
+                panicked,
+                ..body_end(*this.status, *this.sent)
+            });
         }
     }
+}
+
+/// The [`Detach`] of a body: polls it to its end, discarding frames, unless
+/// a shutdown cancels it.
+fn drain_body<B>(body: Pin<Box<B>>, handle: &Handle, guard: WorkGuard)
+where
+    B: Body + Send + 'static,
+{
+    let work = async move {
+        let mut body = body;
+        let mut drained: u64 = 0;
+        loop {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        drained += data.remaining() as u64;
+                    }
+                }
+                Some(Err(_)) => {
+                    tracing::debug!(
+                        drained,
+                        "tower_lifecycle: a body drained after its client left failed"
+                    );
+                    return;
+                }
+                None => break,
+            }
+        }
+        tracing::debug!(
+            drained,
+            "tower_lifecycle: drained a body to its end after its client left"
+        );
+    };
+    guard.spawn(handle, work, None);
 }
 
 /// Requests whose response hyper sends without a body (RFC 9110 §6.4.1).
@@ -111,7 +163,7 @@ fn body_end(status: StatusCode, sent: u64) -> End {
     }
 }
 
-impl<B: Body> LifecycleBody<B> {
+impl<B: Body + Send + 'static> LifecycleBody<B> {
     pub(crate) fn new(inner: B, shared: Arc<Shared>, bodiless: Bodiless, parts: &Parts) -> Self {
         let content_length = parts
             .headers
@@ -125,8 +177,9 @@ impl<B: Body> LifecycleBody<B> {
         let status = parts.status;
         let complete = bodiless.response(status) || expected == Some(0) || inner.is_end_stream();
         LifecycleBody {
-            inner,
+            inner: Inner::new(inner, shared.detachable()),
             shared: Some(shared),
+            drain: drain_body::<B>,
             status,
             sent: 0,
             expected,
@@ -151,7 +204,10 @@ impl<B> fmt::Debug for LifecycleBody<B> {
 impl<B> LifecycleBody<B> {
     /// A reference to the inner body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
+        match &self.inner {
+            Inner::Inline { future } => future,
+            Inner::Boxed { future } => future.as_ref().expect("present until dropped"),
+        }
     }
 }
 
@@ -163,9 +219,10 @@ impl<B: Body> Body for LifecycleBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
+        let mut inner = this.inner.project().get();
         *this.polling = true;
-        let result = this.inner.as_mut().poll_frame(cx);
+        let result = inner.as_mut().poll_frame(cx);
         *this.polling = false;
         match &result {
             Poll::Pending => {}
@@ -175,13 +232,13 @@ impl<B: Body> Body for LifecycleBody<B> {
                 } else if frame.is_trailers() {
                     *this.complete = true;
                 }
-                if this.expected.is_some_and(|n| *this.sent >= n) || this.inner.is_end_stream() {
+                if this.expected.is_some_and(|n| *this.sent >= n) || inner.is_end_stream() {
                     *this.complete = true;
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(shared) = this.shared.take() {
-                    shared.end(End {
+                    shared.response_done(End {
                         body_error: true,
                         ..body_end(*this.status, *this.sent)
                     });
@@ -190,7 +247,7 @@ impl<B: Body> Body for LifecycleBody<B> {
             Poll::Ready(None) => {
                 *this.complete = true;
                 if let Some(shared) = this.shared.take() {
-                    shared.end(body_end(*this.status, *this.sent));
+                    shared.response_done(body_end(*this.status, *this.sent));
                 }
             }
         }
@@ -198,10 +255,10 @@ impl<B: Body> Body for LifecycleBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.get_ref().is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.get_ref().size_hint()
     }
 }

@@ -17,6 +17,12 @@ pub enum Phase {
     /// The response head had been produced; the lifecycle ended while (or
     /// after) the response body was being written.
     Body,
+    /// The lifecycle ended in work that continued after the response side
+    /// was over: a handler or body kept running after the client left
+    /// (ignore-abort), or work from [`Lifecycle::spawn`](crate::Lifecycle::spawn)
+    /// or [`Lifecycle::after_response`](crate::Lifecycle::after_response)
+    /// that finished last.
+    Continued,
 }
 
 impl fmt::Display for Phase {
@@ -24,6 +30,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Handler => "handler",
             Phase::Body => "body",
+            Phase::Continued => "continued",
         })
     }
 }
@@ -43,6 +50,8 @@ pub struct Completion {
     pub(crate) panicked: bool,
     pub(crate) body_error: bool,
     pub(crate) service_error: bool,
+    pub(crate) continued: bool,
+    pub(crate) detach_refused: bool,
 }
 
 impl Completion {
@@ -106,5 +115,20 @@ impl Completion {
     /// response. Like a body error, this is not an abort.
     pub fn service_error(&self) -> bool {
         self.service_error
+    }
+
+    /// Whether the request's work continued after the client left, because
+    /// ignore-abort was on when the abort was detected: the handler ran to
+    /// its end, or the body was drained, or spawned work was not cancelled.
+    pub fn continued(&self) -> bool {
+        self.continued
+    }
+
+    /// Whether ignore-abort was on when the client left but the request
+    /// could not continue and was cancelled instead: the layer's
+    /// [`max_detached`](crate::LifecycleLayer::max_detached) requests were
+    /// already continuing, or there was no tokio runtime to continue on.
+    pub fn detach_refused(&self) -> bool {
+        self.detach_refused
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! ABORTED is set here when the future is dropped before the inner service
 //! produced the response head: hyper drops the future when the client left.
+//! With ignore-abort on, the inner future is moved into a task and runs to
+//! its end.
 
 use std::fmt;
 use std::future::Future;
@@ -11,23 +13,73 @@ use std::task::{ready, Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
 
 use crate::body::Bodiless;
-use crate::lifecycle::{End, Shared};
+use crate::lifecycle::{End, Shared, WorkGuard};
 use crate::LifecycleBody;
+
+pin_project! {
+    /// The inner future, inline, or boxed so that it can be moved into a
+    /// task when it must outlive the client.
+    #[project = InnerProj]
+    pub(crate) enum Inner<F> {
+        Inline { #[pin] future: F },
+        Boxed { future: Option<Pin<Box<F>>> },
+    }
+}
+
+impl<F> Inner<F> {
+    pub(crate) fn new(future: F, boxed: bool) -> Self {
+        if boxed {
+            Inner::Boxed {
+                future: Some(Box::pin(future)),
+            }
+        } else {
+            Inner::Inline { future }
+        }
+    }
+}
+
+impl<'a, F> InnerProj<'a, F> {
+    /// The inner value, pinned, whichever way it is stored.
+    pub(crate) fn get(self) -> Pin<&'a mut F> {
+        match self {
+            InnerProj::Inline { future } => future,
+            InnerProj::Boxed { future } => future
+                .as_mut()
+                .expect("used after it was detached")
+                .as_mut(),
+        }
+    }
+
+    /// Takes a boxed inner value out (to move it into a task).
+    pub(crate) fn take(self) -> Option<Pin<Box<F>>> {
+        match self {
+            InnerProj::Inline { .. } => None,
+            InnerProj::Boxed { future } => future.take(),
+        }
+    }
+}
+
+/// Runs a detached inner future to its end in a task.
+pub(crate) type Detach<F> = fn(Pin<Box<F>>, &Handle, WorkGuard);
 
 pin_project! {
     /// Response future of [`LifecycleService`](crate::LifecycleService).
     ///
-    /// Dropped before it resolved, it ends the request's lifecycle with
-    /// [`ABORTED`](crate::ConnectionStatus::ABORTED) in the
-    /// [`Handler`](crate::Phase::Handler) phase, unless the drop comes from
-    /// a panic in the handler (then [`Completion::panicked`](crate::Completion::panicked)
-    /// is set instead). Once it resolves, the response body takes over.
+    /// Dropped before it resolved, it ends the request's handler phase with
+    /// [`ABORTED`](crate::ConnectionStatus::ABORTED), unless the drop comes
+    /// from a panic in the handler (then
+    /// [`Completion::panicked`](crate::Completion::panicked) is set instead).
+    /// If ignore-abort is on at that moment, the inner future keeps running
+    /// in a task until it ends, and its response is discarded. Once it
+    /// resolves, the response body takes over.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Inner<F>,
         shared: Option<Arc<Shared>>,
+        detach: Detach<F>,
         bodiless: Bodiless,
         // Set while the inner future is being polled: still set in `drop`
         // means its `poll` panicked.
@@ -37,14 +89,21 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(shared) = this.shared.take() {
-                let panicked = *this.polling || std::thread::panicking();
-                shared.end(End {
-                    aborted: !panicked,
-                    panicked,
-                    ..End::handler()
-                });
+            let Some(shared) = this.shared.take() else {
+                return;
+            };
+            let panicked = *this.polling || std::thread::panicking();
+            if !panicked {
+                if let Some(handle) = shared.abort() {
+                    if let (Some(future), Some(guard)) = (this.inner.project().take(), shared.add_work()) {
+                        (this.detach)(future, &handle, guard);
+                    }
+                }
             }
+            shared.response_done(End {
+                panicked,
+                ..End::handler()
+            });
         }
     }
 }
@@ -59,27 +118,51 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared>, bodiless: Bodiless) -> Self {
+    pub(crate) fn new(
+        inner: Inner<F>,
+        shared: Arc<Shared>,
+        detach: Detach<F>,
+        bodiless: Bodiless,
+    ) -> Self {
         ResponseFuture {
             inner,
             shared: Some(shared),
+            detach,
             bodiless,
             polling: false,
         }
     }
 }
 
+/// The [`Detach`] of a handler future: runs it to its end, discarding its
+/// response, unless a shutdown cancels it.
+pub(crate) fn detach_handler<F, B, E>(future: Pin<Box<F>>, handle: &Handle, guard: WorkGuard)
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+{
+    let work = async move {
+        match future.await {
+            Ok(response) => tracing::debug!(
+                status = %response.status(),
+                "tower_lifecycle: the handler finished after its client left; its response is discarded"
+            ),
+            Err(_) => tracing::debug!("tower_lifecycle: the handler failed after its client left"),
+        }
+    };
+    guard.spawn(handle, work, None);
+}
+
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: http_body::Body,
+    B: http_body::Body + Send + 'static,
 {
     type Output = Result<Response<LifecycleBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         *this.polling = true;
-        let result = this.inner.poll(cx);
+        let result = this.inner.project().get().poll(cx);
         *this.polling = false;
         let result = ready!(result);
         let shared = this
@@ -93,7 +176,7 @@ where
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {
-                shared.end(End {
+                shared.response_done(End {
                     service_error: true,
                     ..End::handler()
                 });

@@ -99,6 +99,7 @@ impl Chain {
                     if let Some(on_complete) = shared.on_complete() {
                         guarded("on_complete", || on_complete(&self.completion));
                     }
+                    shared.release();
                     return None;
                 }
             }

@@ -5,18 +5,40 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
+use crate::drain::DrainState;
 use crate::hooks::OnComplete;
-use crate::{Completion, LifecycleService};
+use crate::{Completion, Drain, LifecycleService};
+
+/// How many aborted requests may keep running at once by default: see
+/// [`LifecycleLayer::max_detached`].
+pub const DEFAULT_MAX_DETACHED: usize = 256;
 
 /// Layer-wide settings, shared by every request.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) on_complete: Option<OnComplete>,
+    pub(crate) ignore_abort: bool,
+    pub(crate) max_detached: usize,
+    pub(crate) drain: Arc<DrainState>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            on_complete: None,
+            ignore_abort: false,
+            max_detached: DEFAULT_MAX_DETACHED,
+            drain: Arc::default(),
+        }
+    }
 }
 
 /// Applies [`LifecycleService`] to a service: every request gets a
 /// [`Lifecycle`](crate::Lifecycle) handle in its extensions and a response
 /// body that knows whether it was delivered.
+///
+/// Clones of a layer share one [`Drain`] and one
+/// [`max_detached`](Self::max_detached) budget.
 ///
 /// See the [crate documentation](crate) for what happens when.
 ///
@@ -25,10 +47,14 @@ pub(crate) struct Config {
 /// ```
 /// use tower_lifecycle::LifecycleLayer;
 ///
-/// let layer = LifecycleLayer::new().on_complete(|done| {
-///     tracing::info!(status = %done.status(), phase = %done.phase(), "request done");
-/// });
-/// # let _ = layer;
+/// let layer = LifecycleLayer::new()
+///     .ignore_abort(true)
+///     .max_detached(64)
+///     .on_complete(|done| {
+///         tracing::info!(status = %done.status(), phase = %done.phase(), "request done");
+///     });
+/// let drain = layer.drain(); // for graceful shutdown
+/// # let _ = (layer, drain);
 /// ```
 #[derive(Clone, Default)]
 #[must_use]
@@ -37,7 +63,8 @@ pub struct LifecycleLayer {
 }
 
 impl LifecycleLayer {
-    /// A layer with no layer-wide hook.
+    /// A layer with the defaults: no layer-wide hook, ignore-abort off,
+    /// at most [`DEFAULT_MAX_DETACHED`] detached requests.
     pub fn new() -> Self {
         Self::default()
     }
@@ -58,6 +85,51 @@ impl LifecycleLayer {
         Arc::make_mut(&mut self.config).on_complete = Some(Arc::new(f));
         self
     }
+
+    /// The ignore-abort policy every request starts with (default `false`).
+    /// PHP's `ignore_user_abort()` setting; a handler changes it for its own
+    /// request with [`Lifecycle::ignore_abort`](crate::Lifecycle::ignore_abort).
+    ///
+    /// When the client leaves and the policy (read at that moment) is on,
+    /// the request's work keeps running in a task instead of being
+    /// cancelled: a handler that had not produced the head runs to its end
+    /// (its response is discarded), a body is drained to its end (so
+    /// whatever feeds it keeps succeeding), and work from
+    /// [`Lifecycle::spawn`](crate::Lifecycle::spawn) is not cancelled. The
+    /// hooks run once all of it ended, with
+    /// [`ABORTED`](crate::ConnectionStatus::ABORTED) set, and
+    /// [`Completion::continued`] true. At most
+    /// [`max_detached`](Self::max_detached) requests continue at once.
+    pub fn ignore_abort(mut self, ignore: bool) -> Self {
+        Arc::make_mut(&mut self.config).ignore_abort = ignore;
+        self
+    }
+
+    /// How many aborted requests may keep running at once under
+    /// ignore-abort (default [`DEFAULT_MAX_DETACHED`], 256).
+    ///
+    /// Ignore-abort lets a client start work and leave; without a bound, a
+    /// client that does that in a loop piles up work the server can no
+    /// longer shed. Over the bound an abort cancels as if ignore-abort were
+    /// off: the status is still `ABORTED`, [`Completion::detach_refused`] is
+    /// true, and a `tracing::warn!` says so. 256 is far above the number of
+    /// must-finish jobs a service usually runs at once, and small enough that
+    /// the tasks, their buffers and the work they do stay bounded. The count
+    /// is shared by every service built from this layer and its clones.
+    ///
+    /// `max_detached(0)` turns continuing off altogether. It also saves the
+    /// two allocations per request that keep the handler's future and the
+    /// response body movable into a task (they live inline then).
+    pub fn max_detached(mut self, max: usize) -> Self {
+        Arc::make_mut(&mut self.config).max_detached = max;
+        self
+    }
+
+    /// A [`Drain`] for graceful shutdown: it counts and waits for every
+    /// lifecycle started by services built from this layer or its clones.
+    pub fn drain(&self) -> Drain {
+        Drain::new(self.config.drain.clone())
+    }
 }
 
 impl<S> Layer<S> for LifecycleLayer {
@@ -72,6 +144,8 @@ impl fmt::Debug for LifecycleLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LifecycleLayer")
             .field("on_complete", &self.config.on_complete.is_some())
+            .field("ignore_abort", &self.config.ignore_abort)
+            .field("max_detached", &self.config.max_detached)
             .finish()
     }
 }

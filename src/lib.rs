@@ -205,6 +205,7 @@
 
 mod body;
 mod completion;
+mod drain;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
@@ -219,11 +220,12 @@ mod tests;
 
 pub use crate::body::LifecycleBody;
 pub use crate::completion::{Completion, Phase};
+pub use crate::drain::{Drain, ShutdownReport};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::MissingLifecycle;
 pub use crate::future::ResponseFuture;
-pub use crate::layer::LifecycleLayer;
+pub use crate::layer::{LifecycleLayer, DEFAULT_MAX_DETACHED};
 pub use crate::lifecycle::Lifecycle;
 pub use crate::service::LifecycleService;
 pub use crate::status::ConnectionStatus;

@@ -4,22 +4,25 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use http::StatusCode;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::completion::Phase;
-use crate::hooks::{self, Chain, Hook, OnComplete};
+use crate::hooks::{self, BoxFuture, Chain, Hook, OnComplete};
 use crate::layer::Config;
 use crate::{Completion, ConnectionStatus};
 
-/// Internal bit beside the status bits: a panic unwound through the
-/// request's processing.
+/// Internal bits beside the status bits: a panic unwound through the
+/// request's processing; the ignore-abort policy is on.
 const PANICKED: u8 = 0x80;
+const IGNORE_ABORT: u8 = 0x40;
 const STATUS_BITS: u8 = 0b11;
 
 /// A handle on the lifecycle of one request.
@@ -96,6 +99,79 @@ impl Lifecycle {
         }
     }
 
+    /// Sets this request's ignore-abort policy and returns the previous one,
+    /// like PHP's `ignore_user_abort()`. It starts as the layer's
+    /// [`ignore_abort`](crate::LifecycleLayer::ignore_abort) default.
+    ///
+    /// The policy is read at the moment the abort is detected, so a
+    /// handler can turn it on around the part that must finish and off
+    /// again after; turned off again before the client leaves, the request
+    /// is cancelled as usual. Once the abort was handled, changing it has no
+    /// effect.
+    pub fn ignore_abort(&self, ignore: bool) -> bool {
+        let old = if ignore {
+            self.shared.bits.fetch_or(IGNORE_ABORT, Ordering::AcqRel)
+        } else {
+            self.shared.bits.fetch_and(!IGNORE_ABORT, Ordering::AcqRel)
+        };
+        old & IGNORE_ABORT != 0
+    }
+
+    /// Runs `work` in a task as part of this request: the lifecycle (and
+    /// so its hooks, and [`Drain`](crate::Drain)) waits for it to finish.
+    ///
+    /// The work is cancelled (dropped at its current `.await`) when the
+    /// client aborts while ignore-abort is off, or when the continuing
+    /// request was refused by [`max_detached`](crate::LifecycleLayer::max_detached);
+    /// with ignore-abort on it keeps running. [`Drain::shutdown`](crate::Drain::shutdown)
+    /// cancels it once its grace period is over (status gets
+    /// [`TIMEOUT`](ConnectionStatus::TIMEOUT)).
+    ///
+    /// Called after the lifecycle ended, the work runs as a plain task that
+    /// is no longer part of it. Called outside a tokio runtime, the work is
+    /// dropped with a `tracing::warn!`.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(handle) = Handle::try_current() else {
+            tracing::warn!(
+                "tower_lifecycle: Lifecycle::spawn outside a tokio runtime; the work was dropped"
+            );
+            return;
+        };
+        match self.shared.add_work() {
+            Some(guard) => {
+                let cancel = self.shared.work_token();
+                guard.spawn(&handle, work, Some(cancel));
+            }
+            None => {
+                handle.spawn(work);
+            }
+        }
+    }
+
+    /// Runs `work` once the response is finished — its last byte handed to
+    /// the server, or the client gone — as part of this request's lifecycle:
+    /// PHP's `fastcgi_finish_request()`. The handler can answer
+    /// `202 Accepted` at once and carry on here.
+    ///
+    /// The client's abort does not cancel it, whatever the ignore-abort
+    /// policy; [`Drain::shutdown`](crate::Drain::shutdown) does, once its
+    /// grace period is over. The hooks run after it. Several calls run their
+    /// work concurrently, each in its own task.
+    ///
+    /// Called after the response finished, the work starts at once; after
+    /// the lifecycle ended, it runs as a plain task that is no longer part
+    /// of it. Without a tokio runtime when the response finishes, the work
+    /// is dropped with a `tracing::warn!`.
+    pub fn after_response<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.after_response(Box::pin(work));
+    }
+
     /// Registers a hook that runs once when the request's lifecycle ends,
     /// with its [`Completion`]. PHP's `register_shutdown_function()`.
     ///
@@ -162,9 +238,12 @@ impl fmt::Debug for Lifecycle {
 
 /// State shared by the [`Lifecycle`] handles, the response future and the
 /// response body of one request: the one allocation the layer makes per
-/// request.
+/// request for it.
 pub(crate) struct Shared {
     bits: AtomicU8,
+    /// The response side (1 until it ended) plus continued work not yet
+    /// finished. The lifecycle ends when it drops to 0.
+    pending: AtomicUsize,
     aborted: Notify,
     start: Instant,
     config: Arc<Config>,
@@ -178,13 +257,26 @@ struct State {
     ended: Option<Completion>,
     /// The runtime current when an async hook was registered.
     runtime: Option<Handle>,
+    /// How the response side ended, once it has.
+    response: Option<End>,
+    /// Work waiting for the response side to end.
+    after_response: Vec<BoxFuture>,
+    /// Cancels spawned work on abort (unless it continues) and on shutdown.
+    work: Option<CancellationToken>,
+    /// This request holds one of the layer's `max_detached` slots.
+    detached: bool,
+    /// Ignore-abort was on but the request could not continue.
+    refused: bool,
+    /// Some continued work of this request was cancelled by a shutdown.
+    shutdown_cancelled: bool,
+    /// Counts this lifecycle in the layer's `Drain`.
+    token: Option<TaskTrackerToken>,
 }
 
 /// How the response side of a request ended.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct End {
     pub(crate) phase: Phase,
-    pub(crate) aborted: bool,
     pub(crate) panicked: bool,
     pub(crate) response_status: Option<StatusCode>,
     pub(crate) bytes_sent: u64,
@@ -196,7 +288,6 @@ impl End {
     pub(crate) fn handler() -> Self {
         End {
             phase: Phase::Handler,
-            aborted: false,
             panicked: false,
             response_status: None,
             bytes_sent: 0,
@@ -208,12 +299,18 @@ impl End {
 
 impl Shared {
     pub(crate) fn new(config: Arc<Config>) -> Self {
+        let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
+        let token = config.drain.tracker.token();
         Shared {
-            bits: AtomicU8::new(0),
+            bits: AtomicU8::new(bits),
+            pending: AtomicUsize::new(1),
             aborted: Notify::new(),
             start: Instant::now(),
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                token: Some(token),
+                ..State::default()
+            }),
         }
     }
 
@@ -266,6 +363,12 @@ impl Shared {
         self.config.on_complete.as_ref()
     }
 
+    /// Whether continuing after an abort is possible at all, which decides
+    /// whether the handler's future and the body are boxed.
+    pub(crate) fn detachable(&self) -> bool {
+        self.config.max_detached > 0
+    }
+
     /// The next hook to run, or `None`, which marks the lifecycle ended
     /// (under the same lock, so no hook registered meanwhile is lost).
     pub(crate) fn next_hook(&self, completion: &Completion) -> Option<Hook> {
@@ -277,39 +380,227 @@ impl Shared {
         hook
     }
 
-    /// Ends the lifecycle: builds the completion and runs the hooks.
-    ///
-    /// Called exactly once per request, by whichever of the response future
-    /// or body owns the response side when it ends.
-    pub(crate) fn end(self: Arc<Self>, end: End) {
-        let mut bits = 0;
-        if end.aborted {
-            bits |= ConnectionStatus::ABORTED.bits();
+    /// The hooks are done: the lifecycle leaves the drain's count.
+    pub(crate) fn release(&self) {
+        let token = self.lock().token.take();
+        drop(token);
+    }
+
+    /// The client left: sets ABORTED and decides, by the ignore-abort
+    /// policy read now, whether the request's work continues. Returns the
+    /// runtime to continue on, holding a `max_detached` slot, or `None`
+    /// after cancelling the request's spawned work.
+    pub(crate) fn abort(&self) -> Option<Handle> {
+        self.set(ConnectionStatus::ABORTED.bits());
+        if self.bits.load(Ordering::Acquire) & IGNORE_ABORT != 0 {
+            match self.try_detach() {
+                Ok(handle) => return Some(handle),
+                Err(reason) => {
+                    tracing::warn!(
+                        reason,
+                        "tower_lifecycle: ignore-abort is on but the request cannot continue; cancelling it"
+                    );
+                    self.lock().refused = true;
+                }
+            }
         }
+        if let Some(work) = &self.lock().work {
+            work.cancel();
+        }
+        None
+    }
+
+    fn try_detach(&self) -> Result<Handle, &'static str> {
+        let max = self.config.max_detached;
+        if max == 0 {
+            return Err("max_detached is 0");
+        }
+        let handle = Handle::try_current().map_err(|_| "no tokio runtime to continue on")?;
+        let detached = &self.config.drain.detached;
+        detached
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| "max_detached requests are already continuing")?;
+        self.lock().detached = true;
+        Ok(handle)
+    }
+
+    /// Counts one more piece of continued work, unless the lifecycle is
+    /// already over (`None` then: the work is not part of it).
+    pub(crate) fn add_work(self: &Arc<Self>) -> Option<WorkGuard> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WorkGuard(Some(self.clone())))
+    }
+
+    /// The token that cancels this request's spawned work.
+    fn work_token(&self) -> CancellationToken {
+        let mut state = self.lock();
+        if let Some(token) = &state.work {
+            return token.clone();
+        }
+        let token = self.config.drain.cancel.child_token();
+        // Already aborted without continuing: cancelled from birth.
+        if self.status().is_aborted() && !state.detached {
+            token.cancel();
+        }
+        state.work = Some(token.clone());
+        token
+    }
+
+    fn after_response(self: &Arc<Self>, work: BoxFuture) {
+        let Some(guard) = self.add_work() else {
+            match Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(work)),
+                Err(_) => tracing::warn!(
+                    "tower_lifecycle: after_response work outside a tokio runtime was dropped"
+                ),
+            }
+            return;
+        };
+        let mut state = self.lock();
+        if state.response.is_none() {
+            state.after_response.push(work);
+            // Still counted in `pending`: `response_done` makes a guard
+            // again when it starts the work.
+            drop(guard.disarm());
+            return;
+        }
+        drop(state);
+        guard.start(work, None);
+    }
+
+    /// A shutdown cancelled some of this request's continued work.
+    fn cancelled_by_shutdown(&self) {
+        self.set(ConnectionStatus::TIMEOUT.bits());
+        let mut state = self.lock();
+        if !std::mem::replace(&mut state.shutdown_cancelled, true) {
+            self.config.drain.cancelled.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The response side ended: starts `after_response` work, then ends the
+    /// lifecycle unless continued work is still running.
+    pub(crate) fn response_done(self: Arc<Self>, end: End) {
         if end.panicked {
-            bits |= PANICKED;
+            self.set(PANICKED);
         }
-        if bits != 0 {
-            self.set(bits);
+        let after = {
+            let mut state = self.lock();
+            state.response = Some(end);
+            std::mem::take(&mut state.after_response)
+        };
+        for work in after {
+            // Each was counted in `pending` when registered.
+            WorkGuard(Some(self.clone())).start(work, None);
+        }
+        self.done_one(end.phase);
+    }
+
+    fn done_one(self: Arc<Self>, phase: Phase) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish(phase);
+        }
+    }
+
+    /// Builds the completion and runs the hooks. Reached exactly once, by
+    /// whatever brought `pending` to zero.
+    fn finish(self: Arc<Self>, phase: Phase) {
+        let (end, continued, refused) = {
+            let state = self.lock();
+            (
+                state.response.unwrap_or_else(End::handler),
+                state.detached,
+                state.refused,
+            )
+        };
+        if continued {
+            self.config.drain.detached.fetch_sub(1, Ordering::AcqRel);
         }
         let all = self.bits.load(Ordering::Acquire);
         let completion = Completion {
             status: self.status(),
-            phase: end.phase,
+            phase,
             elapsed: self.start.elapsed(),
             bytes_sent: end.bytes_sent,
             response_status: end.response_status,
             panicked: all & PANICKED != 0,
             body_error: end.body_error,
             service_error: end.service_error,
+            continued,
+            detach_refused: refused,
         };
         tracing::debug!(
             status = %completion.status,
             phase = %completion.phase,
             bytes_sent = completion.bytes_sent,
             panicked = completion.panicked,
+            continued,
             "tower_lifecycle: request lifecycle ended"
         );
         Chain::start(self, completion);
+    }
+}
+
+/// One piece of continued work of a request: dropping it (the work ended,
+/// was cancelled, or its task was dropped) counts it done.
+pub(crate) struct WorkGuard(Option<Arc<Shared>>);
+
+impl WorkGuard {
+    fn disarm(mut self) -> Arc<Shared> {
+        self.0.take().expect("armed")
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        self.0.as_ref().expect("armed")
+    }
+
+    /// Runs `work` in a task on the current runtime (or drops it with a
+    /// warning without one), cancelled by `cancel` or, without it, by a
+    /// shutdown.
+    pub(crate) fn start<F>(self, work: F, cancel: Option<CancellationToken>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match Handle::try_current() {
+            Ok(handle) => self.spawn(&handle, work, cancel),
+            Err(_) => tracing::warn!(
+                "tower_lifecycle: no tokio runtime to run continued work on; it was dropped"
+            ),
+        }
+    }
+
+    /// Runs `work` in a task on `handle`, cancelled by `cancel` (a child of
+    /// the shutdown token) or, without it, by a shutdown.
+    pub(crate) fn spawn<F>(self, handle: &Handle, work: F, cancel: Option<CancellationToken>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shared().config.drain.cancel.clone();
+        let cancel = cancel.unwrap_or_else(|| shutdown.clone());
+        handle.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    if shutdown.is_cancelled() {
+                        self.shared().cancelled_by_shutdown();
+                    }
+                }
+                _ = work => {}
+            }
+            drop(self);
+        });
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.done_one(Phase::Continued);
+        }
     }
 }

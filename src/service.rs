@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::Bodiless;
+use crate::future::{detach_handler, Inner};
 use crate::layer::{Config, LifecycleLayer};
 use crate::lifecycle::{End, Shared};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
@@ -54,7 +55,8 @@ impl<S> LifecycleService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LifecycleService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: http_body::Body,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body + Send + 'static,
 {
     type Response = Response<LifecycleBody<ResBody>>;
     type Error = S::Error;
@@ -72,8 +74,13 @@ where
         });
         // Ends the lifecycle (panicked) should the inner `call` panic.
         let guard = CallGuard(Some(shared));
-        let inner = self.inner.call(req);
-        ResponseFuture::new(inner, guard.disarm(), bodiless)
+        let inner = Inner::new(self.inner.call(req), self.config.max_detached > 0);
+        ResponseFuture::new(
+            inner,
+            guard.disarm(),
+            detach_handler::<S::Future, ResBody, S::Error>,
+            bodiless,
+        )
     }
 }
 
@@ -88,7 +95,7 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
-            shared.end(End {
+            shared.response_done(End {
                 panicked: true,
                 ..End::handler()
             });
