@@ -13,6 +13,9 @@
 //! | `connection_status()` | [`Lifecycle::status`] |
 //! | `connection_aborted()` | [`Lifecycle::is_aborted`], and the future [`Lifecycle::aborted`] |
 //! | `register_shutdown_function()` | [`Lifecycle::on_shutdown`], [`Lifecycle::on_shutdown_async`], and [`LifecycleLayer::on_complete`] for every request |
+//! | `ignore_user_abort(bool)` | [`LifecycleLayer::ignore_abort`] (every request's default) and [`Lifecycle::ignore_abort`] (this request, returns the old value) |
+//! | `fastcgi_finish_request()` | [`Lifecycle::after_response`]: work that starts once the response is handed over |
+//! | graceful `SIGTERM` handling | [`LifecycleLayer::drain`] and [`Drain::shutdown`]: no hook is lost when the server stops |
 //!
 //! # Example
 //!
@@ -70,13 +73,19 @@
 //!
 //! # When the hooks are called
 //!
-//! A request's lifecycle has two phases:
+//! A request's lifecycle has these phases:
 //!
 //! - [`Phase::Handler`]: from the request entering the layer until the inner
 //!   service's future yields the response head;
-//! - [`Phase::Body`]: from then until the response body is done with.
+//! - [`Phase::Body`]: from then until the response body is done with;
+//! - [`Phase::Continued`]: work that outlives the response side: a handler
+//!   or body kept running after the client left (ignore-abort), work from
+//!   [`Lifecycle::spawn`] or [`Lifecycle::after_response`].
 //!
-//! It ends, and the hooks run, at exactly one of these moments:
+//! The lifecycle is *done* when the response side is finished and all its
+//! continued work has finished; [`Completion::phase`] is where the last of
+//! them ended. Without continued work, it ends at exactly one of these
+//! moments:
 //!
 //! | the moment | status | phase |
 //! | --- | --- | --- |
@@ -86,6 +95,9 @@
 //! | the body yields an error ([`Completion::body_error`]) | `normal` | `Body` |
 //! | the body is dropped before it was complete (the client left) | `aborted` | `Body` |
 //! | the handler or the body panics while polled ([`Completion::panicked`]) | `normal` | where it was |
+//!
+//! With continued work it ends when the last piece of it finishes
+//! (phase `Continued`); a client that left is still `aborted`.
 //!
 //! Then, exactly once: the request's hooks in registration order (a hook
 //! registered while they run runs after them), then the layer's
@@ -109,6 +121,70 @@
 //! stops reading the socket), nor with `http1.half_close(true)`. "Complete"
 //! means handed to hyper, not received by the client: a body that fit in
 //! hyper's buffers is complete even if the client reads only part of it.
+//!
+//! # Keep working after the client leaves
+//!
+//! Some work must finish even when the client leaves: a payment, a
+//! newsletter send, an import. Three tools, all part of the request's
+//! lifecycle (its hooks wait for them, and so does [`Drain`]):
+//!
+//! - **ignore-abort** ([`LifecycleLayer::ignore_abort`],
+//!   [`Lifecycle::ignore_abort`]): read when the client leaves. If on, a
+//!   handler that had not answered yet runs to its end in a task (its
+//!   response is discarded), and a body being streamed is drained to its
+//!   end, so the task feeding it keeps succeeding. The hooks then see
+//!   `aborted`, phase `Continued`, and [`Completion::continued`].
+//! - [`Lifecycle::spawn`]: background work of the request, cancelled when
+//!   the client leaves unless ignore-abort is on.
+//! - [`Lifecycle::after_response`]: work that starts once the response was
+//!   handed over, whatever the client does: answer `202 Accepted`, then
+//!   carry on.
+//!
+//! Continued work after an abort is bounded by
+//! [`LifecycleLayer::max_detached`] (default [`DEFAULT_MAX_DETACHED`]): a
+//! client cannot pile up work by starting jobs and leaving. Over the bound,
+//! or without a tokio runtime to continue on, the abort cancels as if
+//! ignore-abort were off and [`Completion::detach_refused`] says so.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_lifecycle::{Lifecycle, LifecycleLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (tx, rx) = tokio::sync::oneshot::channel();
+//! let tx = std::sync::Mutex::new(Some(tx));
+//! let svc = ServiceBuilder::new()
+//!     .layer(LifecycleLayer::new())
+//!     .service_fn(move |req: Request<()>| {
+//!         let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
+//!         let tx = tx.lock().unwrap().take();
+//!         lifecycle.after_response(async move {
+//!             // send the newsletter...
+//!             let _ = tx.map(|tx| tx.send("sent"));
+//!         });
+//!         lifecycle.on_shutdown(|done| println!("newsletter: {}", done.status()));
+//!         async {
+//!             let mut res = Response::new(Full::<Bytes>::from("accepted"));
+//!             *res.status_mut() = StatusCode::ACCEPTED;
+//!             Ok::<_, Infallible>(res)
+//!         }
+//!     });
+//! let res = svc.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::ACCEPTED);
+//! drop(res); // handed over: the work starts
+//! assert_eq!(rx.await.unwrap(), "sent");
+//! # }
+//! ```
+//!
+//! For graceful shutdown, take a [`Drain`] from the layer before serving,
+//! and after the server stopped taking requests call
+//! [`Drain::shutdown`]: it waits for continued work and async hooks, then
+//! cancels stragglers with `TIMEOUT` set, so their hooks still run.
 //!
 //! # Testing handlers without a server
 //!

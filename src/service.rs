@@ -19,6 +19,10 @@ use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 /// [`Lifecycle`] into the request's extensions, calls the inner service,
 /// and wraps the response future ([`ResponseFuture`]) and body
 /// ([`LifecycleBody`]) to learn how the request ended.
+///
+/// The inner service's future and response body must be `Send + 'static`
+/// (as hyper, axum and tonic servers require anyway): ignore-abort moves
+/// them into a task when the client leaves.
 #[derive(Clone)]
 pub struct LifecycleService<S> {
     inner: S,
