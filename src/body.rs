@@ -73,13 +73,16 @@ pin_project! {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
+            let mut inner = this.inner;
             if !*this.complete && !panicked {
                 if let Some(handle) = shared.abort() {
-                    if let (Some(body), Some(guard)) = (this.inner.project().take(), shared.add_work()) {
+                    if let (Some(body), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
                         (this.drain)(body, &handle, guard);
                     }
                 }
             }
+            // The body's own drop (its producer learns) runs before the hooks.
+            inner.set(Inner::Gone);
             shared.response_done(End {
                 panicked,
                 ..body_end(*this.status, *this.sent)
@@ -206,7 +209,12 @@ impl<B> LifecycleBody<B> {
     pub fn get_ref(&self) -> &B {
         match &self.inner {
             Inner::Inline { future } => future,
-            Inner::Boxed { future } => future.as_ref().expect("present until dropped"),
+            Inner::Boxed {
+                future: Some(future),
+            } => future,
+            Inner::Boxed { future: None } | Inner::Gone => {
+                unreachable!("the inner body is only taken when the wrapper is dropped")
+            }
         }
     }
 }

@@ -83,8 +83,9 @@ impl Completion {
         self.bytes_sent
     }
 
-    /// The status code of the response head, or `None` when no response was
-    /// produced (the handler was dropped, panicked or failed).
+    /// The status code of the response head, or `None` when no response
+    /// was sent: the handler was dropped, panicked or failed, or it ran on
+    /// after its client left (ignore-abort) and its response was discarded.
     pub fn response_status(&self) -> Option<StatusCode> {
         self.response_status
     }

@@ -26,6 +26,8 @@ pin_project! {
     pub(crate) enum Inner<F> {
         Inline { #[pin] future: F },
         Boxed { future: Option<Pin<Box<F>>> },
+        // Dropped early, so that its own cleanup runs before the hooks.
+        Gone,
     }
 }
 
@@ -50,13 +52,14 @@ impl<'a, F> InnerProj<'a, F> {
                 .as_mut()
                 .expect("used after it was detached")
                 .as_mut(),
+            InnerProj::Gone => panic!("used after it was dropped"),
         }
     }
 
     /// Takes a boxed inner value out (to move it into a task).
     pub(crate) fn take(self) -> Option<Pin<Box<F>>> {
         match self {
-            InnerProj::Inline { .. } => None,
+            InnerProj::Inline { .. } | InnerProj::Gone => None,
             InnerProj::Boxed { future } => future.take(),
         }
     }
@@ -93,13 +96,16 @@ pin_project! {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
+            let mut inner = this.inner;
             if !panicked {
                 if let Some(handle) = shared.abort() {
-                    if let (Some(future), Some(guard)) = (this.inner.project().take(), shared.add_work()) {
+                    if let (Some(future), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
                         (this.detach)(future, &handle, guard);
                     }
                 }
             }
+            // The handler's own drop (its cleanup) runs before the hooks.
+            inner.set(Inner::Gone);
             shared.response_done(End {
                 panicked,
                 ..End::handler()

@@ -1253,3 +1253,67 @@ async fn drain_counts_waits_and_cancels_stragglers_with_timeout() {
     assert!(all.iter().any(|c| c.status() == ConnectionStatus::TIMEOUT));
     tokio::time::timeout(WAIT, drain.wait()).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_handler_and_body_are_dropped_before_the_hooks_run() {
+    struct LogOnDrop(Log, &'static str);
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            self.0.push(self.1);
+        }
+    }
+    impl Body for LogOnDrop {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+    for detachable in [true, false] {
+        let log = Log::default();
+        let l = log.clone();
+        let layer = LifecycleLayer::new()
+            .max_detached(if detachable { 1 } else { 0 })
+            .on_complete(move |c| l.push(format!("hooks:{}", c.phase())));
+        let l = log.clone();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(move |req: Request<()>| {
+                let log = l.clone();
+                async move {
+                    let guard = LogOnDrop(log.clone(), "handler dropped");
+                    if req.uri() == "/pending" {
+                        std::future::pending::<()>().await;
+                    }
+                    drop(guard);
+                    Ok::<_, Infallible>(Response::new(LogOnDrop(log, "body dropped")))
+                }
+            });
+        let req = Request::get("/pending").body(()).unwrap();
+        let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+        assert!(futures_poll(&mut fut).is_pending());
+        drop(fut);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(()))
+            .await
+            .unwrap();
+        drop(res);
+        assert_eq!(
+            log.get(),
+            [
+                "handler dropped",
+                "hooks:handler",
+                "handler dropped",
+                "body dropped",
+                "hooks:body"
+            ],
+            "detachable: {detachable}"
+        );
+    }
+}
