@@ -92,8 +92,10 @@ impl Completion {
 
     /// Whether a panic unwound through the request's processing: the
     /// handler's future or the response body panicked while being polled,
-    /// or code holding the request's [`Lifecycle`](crate::Lifecycle)
-    /// panicked (which is how a panic caught further in, for example by
+    /// continued work ([`spawn`](crate::Lifecycle::spawn),
+    /// [`after_response`](crate::Lifecycle::after_response), a detached
+    /// handler or body) panicked, or code holding the request's
+    /// [`Lifecycle`](crate::Lifecycle) panicked (which is how a panic caught further in, for example by
     /// tower-http's `CatchPanicLayer`, is still seen here).
     ///
     /// A panic is a server-side failure, not a client abort: it does not

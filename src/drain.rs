@@ -91,6 +91,11 @@ impl Drain {
     /// ignore-abort), sets [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) on
     /// those lifecycles, and waits for their hooks to run.
     ///
+    /// The hooks of cancelled lifecycles get a second `grace` to finish;
+    /// what is still in flight after that (an async hook that never ends,
+    /// a request the server still owns) is reported in
+    /// [`ShutdownReport::remaining`] and left alone.
+    ///
     /// Requests still owned by the server (a handler or a body hyper is
     /// still polling) are the server's to end: stop it first. After a
     /// shutdown, continued work that starts is cancelled at once.
@@ -104,12 +109,19 @@ impl Drain {
                 "tower_lifecycle: grace period over, cancelling the work left"
             );
             self.state.cancel.cancel();
-            self.wait().await;
+            if tokio::time::timeout(grace, self.wait()).await.is_err() {
+                tracing::warn!(
+                    in_flight = self.in_flight(),
+                    "tower_lifecycle: lifecycles still in flight after the shutdown"
+                );
+            }
         }
         let cancelled = self.state.cancelled.load(Ordering::Acquire) - cancelled_before;
+        let remaining = self.in_flight();
         ShutdownReport {
-            finished: before.saturating_sub(cancelled),
+            finished: before.saturating_sub(cancelled + remaining),
             cancelled,
+            remaining,
         }
     }
 }
@@ -128,6 +140,7 @@ impl fmt::Debug for Drain {
 pub struct ShutdownReport {
     finished: usize,
     cancelled: usize,
+    remaining: usize,
 }
 
 impl ShutdownReport {
@@ -140,5 +153,12 @@ impl ShutdownReport {
     /// ran out (their status has [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT)).
     pub fn cancelled(&self) -> usize {
         self.cancelled
+    }
+
+    /// Lifecycles still in flight when the shutdown returned: hooks that
+    /// did not finish within the second grace period, or requests the
+    /// server had not ended.
+    pub fn remaining(&self) -> usize {
+        self.remaining
     }
 }

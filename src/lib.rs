@@ -90,6 +90,7 @@
 //! | the moment | status | phase |
 //! | --- | --- | --- |
 //! | the response future is dropped before it resolved (the client left; hyper drops it within a millisecond of the close or stream reset) | `aborted` | `Handler` |
+//! | (the same, with [`Lifecycle::spawn`] work: it is cancelled, and the lifecycle ends once it stopped) | `aborted` | `Handler` |
 //! | the inner service returns an error ([`Completion::service_error`]) | `normal` | `Handler` |
 //! | the body returns `None`, or is dropped after it was complete (see [`LifecycleBody`] for what counts as complete) | `normal` | `Body` |
 //! | the body yields an error ([`Completion::body_error`]) | `normal` | `Body` |

@@ -127,9 +127,11 @@ impl Lifecycle {
     /// cancels it once its grace period is over (status gets
     /// [`TIMEOUT`](ConnectionStatus::TIMEOUT)).
     ///
-    /// Called after the lifecycle ended, the work runs as a plain task that
-    /// is no longer part of it. Called outside a tokio runtime, the work is
-    /// dropped with a `tracing::warn!`.
+    /// Work spawned after the abort was handled (from `after_response`
+    /// work, say) is not cancelled by it. Called after the lifecycle ended,
+    /// the work runs as a plain task that is no longer part of it. Called
+    /// outside a tokio runtime, the work is dropped with a
+    /// `tracing::warn!`.
     pub fn spawn<F>(&self, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -434,7 +436,7 @@ impl Shared {
                 (n > 0).then_some(n + 1)
             })
             .ok()
-            .map(|_| WorkGuard(Some(self.clone())))
+            .map(|_| WorkGuard::new(self.clone()))
     }
 
     /// The token that cancels this request's spawned work.
@@ -443,11 +445,9 @@ impl Shared {
         if let Some(token) = &state.work {
             return token.clone();
         }
+        // Work spawned after the abort was handled (from `after_response`
+        // work, say) is not cancelled by it.
         let token = self.config.drain.cancel.child_token();
-        // Already aborted without continuing: cancelled from birth.
-        if self.status().is_aborted() && !state.detached {
-            token.cancel();
-        }
         state.work = Some(token.clone());
         token
     }
@@ -496,12 +496,14 @@ impl Shared {
         };
         for work in after {
             // Each was counted in `pending` when registered.
-            WorkGuard(Some(self.clone())).start(work, None);
+            WorkGuard::new(self.clone()).start(work, None);
         }
-        self.done_one(end.phase);
+        self.done_one(Some(end.phase));
     }
 
-    fn done_one(self: Arc<Self>, phase: Phase) {
+    /// One part is done; `phase` is where the lifecycle ended if it was the
+    /// last (`None`: where the response side ended).
+    fn done_one(self: Arc<Self>, phase: Option<Phase>) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.finish(phase);
         }
@@ -509,7 +511,7 @@ impl Shared {
 
     /// Builds the completion and runs the hooks. Reached exactly once, by
     /// whatever brought `pending` to zero.
-    fn finish(self: Arc<Self>, phase: Phase) {
+    fn finish(self: Arc<Self>, phase: Option<Phase>) {
         let (end, continued, refused) = {
             let state = self.lock();
             (
@@ -524,7 +526,7 @@ impl Shared {
         let all = self.bits.load(Ordering::Acquire);
         let completion = Completion {
             status: self.status(),
-            phase,
+            phase: phase.unwrap_or(end.phase),
             elapsed: self.start.elapsed(),
             bytes_sent: end.bytes_sent,
             response_status: end.response_status,
@@ -548,15 +550,27 @@ impl Shared {
 
 /// One piece of continued work of a request: dropping it (the work ended,
 /// was cancelled, or its task was dropped) counts it done.
-pub(crate) struct WorkGuard(Option<Arc<Shared>>);
+pub(crate) struct WorkGuard {
+    shared: Option<Arc<Shared>>,
+    /// Work the client's abort cancelled does not count as continued: if
+    /// it ends last, the lifecycle ends in the response side's phase.
+    cancelled_by_abort: bool,
+}
 
 impl WorkGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        WorkGuard {
+            shared: Some(shared),
+            cancelled_by_abort: false,
+        }
+    }
+
     fn disarm(mut self) -> Arc<Shared> {
-        self.0.take().expect("armed")
+        self.shared.take().expect("armed")
     }
 
     fn shared(&self) -> &Arc<Shared> {
-        self.0.as_ref().expect("armed")
+        self.shared.as_ref().expect("armed")
     }
 
     /// Runs `work` in a task on the current runtime (or drops it with a
@@ -582,25 +596,33 @@ impl WorkGuard {
     {
         let shutdown = self.shared().config.drain.cancel.clone();
         let cancel = cancel.unwrap_or_else(|| shutdown.clone());
+        let mut guard = self;
         handle.spawn(async move {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
                     if shutdown.is_cancelled() {
-                        self.shared().cancelled_by_shutdown();
+                        guard.shared().cancelled_by_shutdown();
+                    } else {
+                        guard.cancelled_by_abort = true;
                     }
                 }
                 _ = work => {}
             }
-            drop(self);
+            drop(guard);
         });
     }
 }
 
 impl Drop for WorkGuard {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.done_one(Phase::Continued);
+        if let Some(shared) = self.shared.take() {
+            // Dropped while unwinding: the work panicked.
+            if std::thread::panicking() {
+                shared.set(PANICKED);
+            }
+            let phase = (!self.cancelled_by_abort).then_some(Phase::Continued);
+            shared.done_one(phase);
         }
     }
 }

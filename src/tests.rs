@@ -1137,6 +1137,11 @@ async fn spawned_work_is_cancelled_by_an_abort_and_awaited_otherwise() {
     let c = seen.wait_one().await;
     assert_eq!(dropped.load(Ordering::SeqCst), 1, "the work was cancelled");
     assert_eq!(c.status(), ConnectionStatus::ABORTED);
+    assert_eq!(
+        c.phase(),
+        Phase::Handler,
+        "cancelled work is not continued work"
+    );
 
     // normal: the hooks wait for the work
     let res = svc
@@ -1316,4 +1321,43 @@ async fn the_handler_and_body_are_dropped_before_the_hooks_run() {
             "detachable: {detachable}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_panic_in_continued_work_is_recorded() {
+    let seen = Seen::default();
+    let svc = seen.service(|req: Request<()>| {
+        lifecycle_of(&req).after_response(async { panic!("work boom") });
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let c = seen.wait_one().await;
+    assert!(c.panicked());
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::NORMAL, Phase::Continued)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_when_a_hook_never_ends() {
+    let layer = LifecycleLayer::new();
+    let drain = layer.drain();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|req: Request<()>| {
+            lifecycle_of(&req).on_shutdown_async(|_| std::future::pending());
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(drain.in_flight(), 1);
+    let report = tokio::time::timeout(WAIT, drain.shutdown(Duration::from_millis(50)))
+        .await
+        .expect("shutdown returns");
+    assert_eq!(
+        (report.finished(), report.cancelled(), report.remaining()),
+        (0, 0, 1)
+    );
 }
