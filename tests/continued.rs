@@ -529,7 +529,11 @@ async fn spawned_work_is_cancelled_when_the_client_leaves() {
         assert_eq!(done.status(), ConnectionStatus::ABORTED, "{done:?}");
         assert!(!done.continued(), "{done:?}");
         assert!(!done.detach_refused(), "{done:?}");
-        assert_eq!(done.phase(), Phase::Handler, "cancelled work is not continued work");
+        assert_eq!(
+            done.phase(),
+            Phase::Handler,
+            "cancelled work is not continued work"
+        );
         assert_eq!(
             running.events(),
             events(&["work started", "work dropped", "hook"]),
