@@ -17,8 +17,11 @@ use pin_project_lite::pin_project;
 use crate::completion::Phase;
 use tokio::runtime::Handle;
 
-use crate::future::{Detach, Inner};
+use tokio::time::Sleep;
+
+use crate::future::{Detach, Inner, InnerProj};
 use crate::lifecycle::{End, Shared, WorkGuard};
+use crate::timeout::{poll_deadline, BoxError, TimedOut};
 
 pin_project! {
     /// Response body of [`LifecycleService`](crate::LifecycleService).
@@ -48,6 +51,14 @@ pin_project! {
     /// [`Completion::body_error`](crate::Completion::body_error) set and is
     /// not an abort.
     ///
+    /// # Errors
+    ///
+    /// The error type is [`BoxError`]: the inner body's error, or
+    /// [`TimedOut`] when the request's
+    /// [time limit](crate::LifecycleLayer::time_limit) expires while the
+    /// body streams. The body ends with it, so hyper resets the stream or
+    /// closes the connection.
+    ///
     /// # Ignore-abort
     ///
     /// Dropped before it was complete while ignore-abort is on, the inner
@@ -57,6 +68,7 @@ pin_project! {
     pub struct LifecycleBody<B> {
         #[pin]
         inner: Inner<B>,
+        sleep: Option<Pin<Box<Sleep>>>,
         shared: Option<Arc<Shared>>,
         drain: Detach<B>,
         status: StatusCode,
@@ -181,12 +193,33 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         let complete = bodiless.response(status) || expected == Some(0) || inner.is_end_stream();
         LifecycleBody {
             inner: Inner::new(inner, shared.detachable()),
+            sleep: None,
             shared: Some(shared),
             drain: drain_body::<B>,
             status,
             sent: 0,
             expected,
             complete,
+            polling: false,
+        }
+    }
+}
+
+impl<B> LifecycleBody<B> {
+    /// The empty body of the layer's own timeout response.
+    pub(crate) fn timed_out(status: StatusCode) -> Self
+    where
+        B: Body + Send + 'static,
+    {
+        LifecycleBody {
+            inner: Inner::Gone,
+            sleep: None,
+            shared: None,
+            drain: drain_body::<B>,
+            status,
+            sent: 0,
+            expected: Some(0),
+            complete: true,
             polling: false,
         }
     }
@@ -205,35 +238,54 @@ impl<B> fmt::Debug for LifecycleBody<B> {
 }
 
 impl<B> LifecycleBody<B> {
-    /// A reference to the inner body.
-    pub fn get_ref(&self) -> &B {
+    /// A reference to the inner body; `None` once it ended by the time
+    /// limit, and for the layer's own timeout response.
+    pub fn get_ref(&self) -> Option<&B> {
         match &self.inner {
-            Inner::Inline { future } => future,
-            Inner::Boxed {
-                future: Some(future),
-            } => future,
-            Inner::Boxed { future: None } | Inner::Gone => {
-                unreachable!("the inner body is only taken when the wrapper is dropped")
-            }
+            Inner::Inline { future } => Some(future),
+            Inner::Boxed { future } => future.as_deref(),
+            Inner::Gone => None,
         }
     }
 }
 
-impl<B: Body> Body for LifecycleBody<B> {
+impl<B> Body for LifecycleBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let mut inner = this.inner.project().get();
+        let mut this = self.project();
+        let mut inner = match this.inner.as_mut().project() {
+            InnerProj::Gone => return Poll::Ready(None),
+            inner => inner.get(),
+        };
         *this.polling = true;
         let result = inner.as_mut().poll_frame(cx);
         *this.polling = false;
         match &result {
-            Poll::Pending => {}
+            Poll::Pending => {
+                let expired = this
+                    .shared
+                    .as_deref()
+                    .is_some_and(|shared| poll_deadline(this.sleep, shared, cx));
+                if expired {
+                    // Cut the body short with an error, so the client
+                    // cannot take it for complete.
+                    this.inner.set(Inner::Gone);
+                    if let Some(shared) = this.shared.take() {
+                        shared.timed_out();
+                        shared.response_done(body_end(*this.status, *this.sent));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(TimedOut))));
+                }
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.sent += data.remaining() as u64;
@@ -243,6 +295,8 @@ impl<B: Body> Body for LifecycleBody<B> {
                 if this.expected.is_some_and(|n| *this.sent >= n) || inner.is_end_stream() {
                     *this.complete = true;
                 }
+                // Progress was made: a timer armed while waiting stays
+                // armed (and is moved if the deadline changed) next time.
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(shared) = this.shared.take() {
@@ -259,14 +313,15 @@ impl<B: Body> Body for LifecycleBody<B> {
                 }
             }
         }
-        result
+        result.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.get_ref().is_end_stream()
+        self.get_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.get_ref().size_hint()
+        self.get_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

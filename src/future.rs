@@ -9,14 +9,16 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
+use tokio::time::Sleep;
 
 use crate::body::Bodiless;
 use crate::lifecycle::{End, Shared, WorkGuard};
+use crate::timeout::{poll_deadline, timeout_head};
 use crate::LifecycleBody;
 
 pin_project! {
@@ -82,8 +84,10 @@ pin_project! {
         #[pin]
         inner: Inner<F>,
         shared: Option<Arc<Shared>>,
+        sleep: Option<Pin<Box<Sleep>>>,
         detach: Detach<F>,
         bodiless: Bodiless,
+        grpc: bool,
         // Set while the inner future is being polled: still set in `drop`
         // means its `poll` panicked.
         polling: bool,
@@ -129,12 +133,15 @@ impl<F> ResponseFuture<F> {
         shared: Arc<Shared>,
         detach: Detach<F>,
         bodiless: Bodiless,
+        grpc: bool,
     ) -> Self {
         ResponseFuture {
             inner,
             shared: Some(shared),
+            sleep: None,
             detach,
             bodiless,
+            grpc,
             polling: false,
         }
     }
@@ -166,11 +173,31 @@ where
     type Output = Result<Response<LifecycleBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         *this.polling = true;
-        let result = this.inner.project().get().poll(cx);
+        let result = this.inner.as_mut().project().get().poll(cx);
         *this.polling = false;
-        let result = ready!(result);
+        let Poll::Ready(result) = result else {
+            let shared = this
+                .shared
+                .as_deref()
+                .expect("ResponseFuture polled after it completed");
+            if poll_deadline(this.sleep, shared, cx) {
+                // Cancel the handler, then answer for it.
+                this.inner.set(Inner::Gone);
+                let shared = this.shared.take().expect("checked above");
+                shared.timed_out();
+                let response = timeout_head(*this.grpc, shared.timeout_status())
+                    .body(LifecycleBody::timed_out(shared.timeout_status()))
+                    .expect("a valid timeout response");
+                shared.response_done(End {
+                    response_status: Some(response.status()),
+                    ..End::handler()
+                });
+                return Poll::Ready(Ok(response));
+            }
+            return Poll::Pending;
+        };
         let shared = this
             .shared
             .take()

@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
 
 use tower_layer::Layer;
 
@@ -19,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) on_complete: Option<OnComplete>,
     pub(crate) ignore_abort: bool,
     pub(crate) max_detached: usize,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) timeout_status: StatusCode,
     pub(crate) drain: Arc<DrainState>,
 }
 
@@ -28,6 +33,8 @@ impl Default for Config {
             on_complete: None,
             ignore_abort: false,
             max_detached: DEFAULT_MAX_DETACHED,
+            time_limit: None,
+            timeout_status: StatusCode::SERVICE_UNAVAILABLE,
             drain: Arc::default(),
         }
     }
@@ -125,6 +132,69 @@ impl LifecycleLayer {
         self
     }
 
+    /// Sets the time limit of every request (default: none), PHP's
+    /// `max_execution_time`: the clock starts when the request enters the
+    /// layer and covers the whole lifecycle (response head, body, continued
+    /// work). A handler restarts or removes it for its own request with
+    /// [`Lifecycle::set_time_limit`](crate::Lifecycle::set_time_limit); a
+    /// gRPC request's `grpc-timeout` header caps it (and sets one when the
+    /// layer has none).
+    ///
+    /// When it expires, [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) is
+    /// set and:
+    ///
+    /// - before the response head, the handler is cancelled (dropped) and
+    ///   the client gets [`timeout_status`](Self::timeout_status) (503 by
+    ///   default) with an empty body, or, for a gRPC request, a
+    ///   trailers-only response with `grpc-status: 4` (DEADLINE_EXCEEDED);
+    ///   the hooks run with phase `Handler`;
+    /// - while the body streams, the body ends with the error
+    ///   [`TimedOut`](crate::TimedOut), so hyper resets the stream or
+    ///   closes the connection: the client never mistakes a cut response
+    ///   for a complete one; phase `Body`;
+    /// - continued work (ignore-abort, `spawn`, `after_response`) is
+    ///   cancelled; a client that had left makes the status
+    ///   `aborted|timeout` (3).
+    ///
+    /// The timer is armed lazily: a handler that is ready on its first poll
+    /// and a body that never makes hyper wait pay for no timer. A body hyper
+    /// is not polling (the client is not reading, so the socket is full)
+    /// notices the limit at its next poll.
+    ///
+    /// # Panics
+    ///
+    /// A zero limit is refused with a panic here, when the layer is built:
+    /// it could only ever answer with the timeout. Not setting a limit is
+    /// how to have none.
+    ///
+    /// # Differences from tower-http's `TimeoutLayer`
+    ///
+    /// `TimeoutLayer` covers the response head only, answers 408 Request
+    /// Timeout (a status that tells the client *it* was too slow sending
+    /// the request, which is why this layer answers 503 by default), and
+    /// the handler never learns it timed out. Here the limit covers the
+    /// body and continued work too, can be restarted from the handler, sets
+    /// `TIMEOUT` in the status word the hooks see, and speaks gRPC.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        assert!(
+            !limit.is_zero(),
+            "LifecycleLayer::time_limit: a zero time limit would time every request out; \
+             leave it unset for no limit"
+        );
+        Arc::make_mut(&mut self.config).time_limit = Some(limit);
+        self
+    }
+
+    /// The status of the response sent when the time limit expires before
+    /// the response head (default 503 Service Unavailable). Not 408 Request
+    /// Timeout: that one means the client was too slow sending its request,
+    /// and clients retry it as such. gRPC requests always get a gRPC
+    /// `DEADLINE_EXCEEDED` instead.
+    pub fn timeout_status(mut self, status: StatusCode) -> Self {
+        Arc::make_mut(&mut self.config).timeout_status = status;
+        self
+    }
+
     /// A [`Drain`] for graceful shutdown: it counts and waits for every
     /// lifecycle started by services built from this layer or its clones.
     pub fn drain(&self) -> Drain {
@@ -146,6 +216,8 @@ impl fmt::Debug for LifecycleLayer {
             .field("on_complete", &self.config.on_complete.is_some())
             .field("ignore_abort", &self.config.ignore_abort)
             .field("max_detached", &self.config.max_detached)
+            .field("time_limit", &self.config.time_limit)
+            .field("timeout_status", &self.config.timeout_status)
             .finish()
     }
 }

@@ -291,6 +291,7 @@ mod layer;
 mod lifecycle;
 mod service;
 mod status;
+mod timeout;
 
 #[cfg(test)]
 mod tests;
@@ -306,3 +307,4 @@ pub use crate::layer::{LifecycleLayer, DEFAULT_MAX_DETACHED};
 pub use crate::lifecycle::Lifecycle;
 pub use crate::service::LifecycleService;
 pub use crate::status::ConnectionStatus;
+pub use crate::timeout::{BoxError, TimedOut};

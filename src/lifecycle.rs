@@ -4,13 +4,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -24,6 +25,14 @@ use crate::{Completion, ConnectionStatus};
 const PANICKED: u8 = 0x80;
 const IGNORE_ABORT: u8 = 0x40;
 const STATUS_BITS: u8 = 0b11;
+
+/// A deadline stored as nanoseconds since the request entered the layer;
+/// `NO_DEADLINE` is none.
+const NO_DEADLINE: u64 = u64::MAX;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NO_DEADLINE)
+}
 
 /// A handle on the lifecycle of one request.
 ///
@@ -97,6 +106,29 @@ impl Lifecycle {
                 notified.await;
             }
         }
+    }
+
+    /// Sets this request's time limit, restarting the clock from now, like
+    /// PHP's `set_time_limit()`: the request must be done (response sent,
+    /// continued work finished) within `limit` from this call. `None`
+    /// removes the limit.
+    ///
+    /// A gRPC client's deadline (`grpc-timeout`) stays a cap that this
+    /// cannot lift: past it the client is gone anyway. `Some(Duration::ZERO)`
+    /// expires at once; a limit too large to represent (such as
+    /// `Duration::MAX`) is no limit.
+    ///
+    /// The handler's future and the body pick a new deadline up the next
+    /// time they are polled (at once when the handler itself calls this);
+    /// continued work picks it up at once. Once the limit expired, or the
+    /// lifecycle ended, this has no effect.
+    pub fn set_time_limit(&self, limit: Option<Duration>) {
+        self.shared.set_time_limit(limit);
+    }
+
+    /// When the time limit expires, or `None` without one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.shared.deadline()
     }
 
     /// Sets this request's ignore-abort policy and returns the previous one,
@@ -248,6 +280,11 @@ pub(crate) struct Shared {
     pending: AtomicUsize,
     aborted: Notify,
     start: Instant,
+    /// When the time limit expires, in nanoseconds since `start`.
+    deadline: AtomicU64,
+    /// The gRPC client's deadline, which `set_time_limit` cannot lift.
+    cap: u64,
+    deadline_changed: Notify,
     config: Arc<Config>,
     state: Mutex<State>,
 }
@@ -300,14 +337,20 @@ impl End {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
+    /// `grpc_timeout` is the request's `grpc-timeout`, if any.
+    pub(crate) fn new(config: Arc<Config>, grpc_timeout: Option<Duration>) -> Self {
         let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
         let token = config.drain.tracker.token();
+        let cap = grpc_timeout.map_or(NO_DEADLINE, nanos);
+        let deadline = config.time_limit.map_or(NO_DEADLINE, nanos).min(cap);
         Shared {
             bits: AtomicU8::new(bits),
             pending: AtomicUsize::new(1),
             aborted: Notify::new(),
             start: Instant::now(),
+            deadline: AtomicU64::new(deadline),
+            cap,
+            deadline_changed: Notify::new(),
             config,
             state: Mutex::new(State {
                 token: Some(token),
@@ -328,6 +371,54 @@ impl Shared {
         {
             self.aborted.notify_waiters();
         }
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.deadline.load(Ordering::Acquire) {
+            NO_DEADLINE => None,
+            n => self.start.checked_add(Duration::from_nanos(n)),
+        }
+    }
+
+    fn set_time_limit(&self, limit: Option<Duration>) {
+        let from_now = match limit {
+            None => NO_DEADLINE,
+            Some(limit) => nanos(self.start.elapsed()).saturating_add(nanos(limit)),
+        };
+        self.deadline
+            .store(from_now.min(self.cap), Ordering::Release);
+        self.deadline_changed.notify_waiters();
+    }
+
+    /// Resolves once the deadline has passed, following changes to it.
+    pub(crate) async fn deadline_reached(&self) {
+        loop {
+            let mut changed = std::pin::pin!(self.deadline_changed.notified());
+            changed.as_mut().enable();
+            match self.deadline() {
+                None => changed.await,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if self.deadline().is_some_and(|d| d <= Instant::now()) {
+                                return;
+                            }
+                        }
+                        _ = changed => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The time limit expired.
+    pub(crate) fn timed_out(&self) {
+        self.set(ConnectionStatus::TIMEOUT.bits());
+        tracing::debug!("tower_lifecycle: the request's time limit expired");
+    }
+
+    pub(crate) fn timeout_status(&self) -> StatusCode {
+        self.config.timeout_status
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -598,17 +689,20 @@ impl WorkGuard {
         let cancel = cancel.unwrap_or_else(|| shutdown.clone());
         let mut guard = self;
         handle.spawn(async move {
+            let shared = guard.shared().clone();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
                     if shutdown.is_cancelled() {
-                        guard.shared().cancelled_by_shutdown();
+                        shared.cancelled_by_shutdown();
                     } else {
                         guard.cancelled_by_abort = true;
                     }
                 }
+                _ = shared.deadline_reached() => shared.timed_out(),
                 _ = work => {}
             }
+            drop(shared);
             drop(guard);
         });
     }

@@ -11,6 +11,7 @@ use crate::body::Bodiless;
 use crate::future::{detach_handler, Inner};
 use crate::layer::{Config, LifecycleLayer};
 use crate::lifecycle::{End, Shared};
+use crate::timeout::{grpc_timeout, is_grpc};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 
 /// Middleware that tracks every request's connection lifecycle.
@@ -61,6 +62,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: http_body::Body + Send + 'static,
+    ResBody::Error: Into<crate::BoxError>,
 {
     type Response = Response<LifecycleBody<ResBody>>;
     type Error = S::Error;
@@ -71,7 +73,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let shared = Arc::new(Shared::new(self.config.clone()));
+        let grpc = is_grpc(req.headers());
+        let grpc_timeout = if grpc {
+            grpc_timeout(req.headers())
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(self.config.clone(), grpc_timeout));
         let bodiless = Bodiless::of(req.method());
         req.extensions_mut().insert(Lifecycle {
             shared: shared.clone(),
@@ -84,6 +92,7 @@ where
             guard.disarm(),
             detach_handler::<S::Future, ResBody, S::Error>,
             bodiless,
+            grpc,
         )
     }
 }

@@ -366,7 +366,8 @@ async fn a_body_error_is_recorded_not_an_abort() {
         Ok::<_, Infallible>(Response::new(b))
     });
     let res = svc.oneshot(Request::new(())).await.unwrap();
-    assert_eq!(res.into_body().collect().await.unwrap_err(), "body failed");
+    let err = res.into_body().collect().await.unwrap_err();
+    assert_eq!(err.to_string(), "body failed");
     let c = seen.only();
     assert_eq!(c.status(), ConnectionStatus::NORMAL);
     assert!(c.body_error());
@@ -840,7 +841,7 @@ fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
     send::<crate::ResponseFuture<std::future::Ready<()>>>();
     send_sync::<crate::LifecycleBody<Full<Bytes>>>();
     let lifecycle = Lifecycle {
-        shared: Arc::new(crate::lifecycle::Shared::new(Default::default())),
+        shared: Arc::new(crate::lifecycle::Shared::new(Default::default(), None)),
     };
     send::<Box<dyn std::future::Future<Output = ()> + Send>>();
     let _aborted: Box<dyn std::future::Future<Output = ()> + Send> = Box::new(lifecycle.aborted());
