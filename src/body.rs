@@ -21,7 +21,7 @@ use tokio::time::Sleep;
 
 use crate::future::{Detach, Inner, InnerProj};
 use crate::lifecycle::{End, Shared, WorkGuard};
-use crate::timeout::{poll_deadline, BoxError, TimedOut};
+use crate::timeout::{grpc_deadline_exceeded, poll_deadline, BoxError, TimedOut};
 
 pin_project! {
     /// Response body of [`LifecycleService`](crate::LifecycleService).
@@ -57,7 +57,9 @@ pin_project! {
     /// [`TimedOut`] when the request's
     /// [time limit](crate::LifecycleLayer::time_limit) expires while the
     /// body streams. The body ends with it, so hyper resets the stream or
-    /// closes the connection.
+    /// closes the connection. A gRPC response ends with trailers
+    /// `grpc-status: 4` (DEADLINE_EXCEEDED) instead, which is how a gRPC
+    /// client learns a streaming call ran out of time.
     ///
     /// # Ignore-abort
     ///
@@ -65,6 +67,7 @@ pin_project! {
     /// body is moved into a task and polled to its end, its frames
     /// discarded, so whatever produces it (a task feeding a channel, say)
     /// keeps succeeding. The lifecycle ends when the drain does.
+    #[project = LifecycleBodyProj]
     pub struct LifecycleBody<B> {
         #[pin]
         inner: Inner<B>,
@@ -75,6 +78,7 @@ pin_project! {
         sent: u64,
         expected: Option<u64>,
         complete: bool,
+        grpc: bool,
         polling: bool,
     }
 
@@ -179,7 +183,13 @@ fn body_end(status: StatusCode, sent: u64) -> End {
 }
 
 impl<B: Body + Send + 'static> LifecycleBody<B> {
-    pub(crate) fn new(inner: B, shared: Arc<Shared>, bodiless: Bodiless, parts: &Parts) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        shared: Arc<Shared>,
+        bodiless: Bodiless,
+        grpc: bool,
+        parts: &Parts,
+    ) -> Self {
         let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -200,6 +210,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             sent: 0,
             expected,
             complete,
+            grpc,
             polling: false,
         }
     }
@@ -220,6 +231,7 @@ impl<B> LifecycleBody<B> {
             sent: 0,
             expected: Some(0),
             complete: true,
+            grpc: false,
             polling: false,
         }
     }
@@ -249,6 +261,24 @@ impl<B> LifecycleBody<B> {
     }
 }
 
+/// The time limit expired while the body streams: the inner body is
+/// dropped and the body ends so that the client cannot take it for
+/// complete: with an error (hyper resets the stream or closes the
+/// connection), or, for gRPC, with trailers saying `DEADLINE_EXCEEDED`.
+fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, BoxError>>> {
+    let mut inner = this.inner;
+    inner.set(Inner::Gone);
+    if let Some(shared) = this.shared.take() {
+        shared.timed_out();
+        shared.response_done(body_end(*this.status, *this.sent));
+    }
+    if *this.grpc {
+        *this.complete = true;
+        return Poll::Ready(Some(Ok(Frame::trailers(grpc_deadline_exceeded()))));
+    }
+    Poll::Ready(Some(Err(Box::new(TimedOut))))
+}
+
 impl<B> Body for LifecycleBody<B>
 where
     B: Body,
@@ -262,6 +292,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        // A body that is always ready must not outrun the limit either.
+        if this.shared.as_deref().is_some_and(Shared::past_deadline) {
+            return expire(this);
+        }
         let mut inner = match this.inner.as_mut().project() {
             InnerProj::Gone => return Poll::Ready(None),
             inner => inner.get(),
@@ -276,14 +310,7 @@ where
                     .as_deref()
                     .is_some_and(|shared| poll_deadline(this.sleep, shared, cx));
                 if expired {
-                    // Cut the body short with an error, so the client
-                    // cannot take it for complete.
-                    this.inner.set(Inner::Gone);
-                    if let Some(shared) = this.shared.take() {
-                        shared.timed_out();
-                        shared.response_done(body_end(*this.status, *this.sent));
-                    }
-                    return Poll::Ready(Some(Err(Box::new(TimedOut))));
+                    return expire(this);
                 }
             }
             Poll::Ready(Some(Ok(frame))) => {

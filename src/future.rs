@@ -205,7 +205,7 @@ where
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let body = LifecycleBody::new(body, shared, *this.bodiless, &parts);
+                let body = LifecycleBody::new(body, shared, *this.bodiless, *this.grpc, &parts);
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {

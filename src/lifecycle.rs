@@ -380,6 +380,12 @@ impl Shared {
         }
     }
 
+    /// Whether a deadline is set and has passed (reads the clock only when
+    /// one is set).
+    pub(crate) fn past_deadline(&self) -> bool {
+        self.deadline().is_some_and(|d| d <= Instant::now())
+    }
+
     fn set_time_limit(&self, limit: Option<Duration>) {
         let from_now = match limit {
             None => NO_DEADLINE,

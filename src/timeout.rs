@@ -70,6 +70,16 @@ fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
+const GRPC_MESSAGE: &str = "request%20time%20limit%20expired";
+
+/// The trailers that end a gRPC response cut by the time limit.
+pub(crate) fn grpc_deadline_exceeded() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("4"));
+    trailers.insert("grpc-message", HeaderValue::from_static(GRPC_MESSAGE));
+    trailers
+}
+
 /// The head of the response sent when the limit expires before the handler
 /// produced one: `status` for HTTP, a trailers-only gRPC response
 /// (`grpc-status: 4`, DEADLINE_EXCEEDED) for gRPC.
@@ -79,10 +89,7 @@ pub(crate) fn timeout_head(grpc: bool, status: StatusCode) -> http::response::Bu
             .status(StatusCode::OK)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
             .header("grpc-status", HeaderValue::from_static("4"))
-            .header(
-                "grpc-message",
-                HeaderValue::from_static("request%20time%20limit%20expired"),
-            )
+            .header("grpc-message", HeaderValue::from_static(GRPC_MESSAGE))
     } else {
         http::Response::builder()
             .status(status)
