@@ -15,6 +15,7 @@
 //! | `register_shutdown_function()` | [`Lifecycle::on_shutdown`], [`Lifecycle::on_shutdown_async`], and [`LifecycleLayer::on_complete`] for every request |
 //! | `ignore_user_abort(bool)` | [`LifecycleLayer::ignore_abort`] (every request's default) and [`Lifecycle::ignore_abort`] (this request, returns the old value) |
 //! | `fastcgi_finish_request()` | [`Lifecycle::after_response`]: work that starts once the response is handed over |
+//! | `max_execution_time`, `set_time_limit(n)` | [`LifecycleLayer::time_limit`], [`Lifecycle::set_time_limit`] (restarts the clock; `None` = no limit) |
 //! | graceful `SIGTERM` handling | [`LifecycleLayer::drain`] and [`Drain::shutdown`]: no hook is lost when the server stops |
 //!
 //! # Example
@@ -96,6 +97,8 @@
 //! | the body yields an error ([`Completion::body_error`]) | `normal` | `Body` |
 //! | the body is dropped before it was complete (the client left) | `aborted` | `Body` |
 //! | the handler or the body panics while polled ([`Completion::panicked`]) | `normal` | where it was |
+//! | the [time limit](LifecycleLayer::time_limit) expires before the head (the layer answers 503, or gRPC `DEADLINE_EXCEEDED`) | `timeout` | `Handler` |
+//! | the time limit expires while the body streams (the body ends with [`TimedOut`]) | `timeout` | `Body` |
 //!
 //! With continued work it ends when the last piece of it finishes
 //! (phase `Continued`); a client that left is still `aborted`.
