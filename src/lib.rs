@@ -294,6 +294,7 @@ mod layer;
 mod lifecycle;
 mod service;
 mod status;
+mod streaming;
 mod timeout;
 
 #[cfg(test)]
@@ -310,4 +311,5 @@ pub use crate::layer::{LifecycleLayer, DEFAULT_MAX_DETACHED};
 pub use crate::lifecycle::Lifecycle;
 pub use crate::service::LifecycleService;
 pub use crate::status::ConnectionStatus;
+pub use crate::streaming::no_buffering;
 pub use crate::timeout::{BoxError, TimedOut};
