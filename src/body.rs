@@ -21,7 +21,9 @@ use tokio::time::Sleep;
 
 use crate::future::{Detach, Inner, InnerProj};
 use crate::lifecycle::{End, Shared, WorkGuard};
-use crate::timeout::{grpc_deadline_exceeded, poll_deadline, BoxError, TimedOut};
+use crate::timeout::{
+    grpc_deadline_exceeded, grpc_status, poll_deadline, BoxError, TimedOut, GRPC_DEADLINE_EXCEEDED,
+};
 
 pin_project! {
     /// Response body of [`LifecycleService`](crate::LifecycleService).
@@ -79,6 +81,8 @@ pin_project! {
         expected: Option<u64>,
         complete: bool,
         grpc: bool,
+        // From the response head (a trailers-only answer) or the trailers.
+        grpc_status: Option<i32>,
         polling: bool,
     }
 
@@ -101,7 +105,7 @@ pin_project! {
             inner.set(Inner::Gone);
             shared.response_done(End {
                 panicked,
-                ..body_end(*this.status, *this.sent)
+                ..body_end(*this.status, *this.sent, *this.grpc_status)
             });
         }
     }
@@ -173,11 +177,12 @@ impl Bodiless {
     }
 }
 
-fn body_end(status: StatusCode, sent: u64) -> End {
+fn body_end(status: StatusCode, sent: u64, grpc_status: Option<i32>) -> End {
     End {
         phase: Phase::Body,
         response_status: Some(status),
         bytes_sent: sent,
+        grpc_status,
         ..End::handler()
     }
 }
@@ -211,6 +216,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             expected,
             complete,
             grpc,
+            grpc_status: if grpc { grpc_status(&parts.headers) } else { None },
             polling: false,
         }
     }
@@ -232,6 +238,7 @@ impl<B> LifecycleBody<B> {
             expected: Some(0),
             complete: true,
             grpc: false,
+            grpc_status: None,
             polling: false,
         }
     }
@@ -268,9 +275,12 @@ impl<B> LifecycleBody<B> {
 fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, BoxError>>> {
     let mut inner = this.inner;
     inner.set(Inner::Gone);
+    if *this.grpc {
+        *this.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
+    }
     if let Some(shared) = this.shared.take() {
         shared.timed_out();
-        shared.response_done(body_end(*this.status, *this.sent));
+        shared.response_done(body_end(*this.status, *this.sent, *this.grpc_status));
     }
     if *this.grpc {
         *this.complete = true;
@@ -316,8 +326,11 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.sent += data.remaining() as u64;
-                } else if frame.is_trailers() {
+                } else if let Some(trailers) = frame.trailers_ref() {
                     *this.complete = true;
+                    if *this.grpc {
+                        *this.grpc_status = grpc_status(trailers).or(*this.grpc_status);
+                    }
                 }
                 if this.expected.is_some_and(|n| *this.sent >= n) || inner.is_end_stream() {
                     *this.complete = true;
@@ -329,14 +342,14 @@ where
                 if let Some(shared) = this.shared.take() {
                     shared.response_done(End {
                         body_error: true,
-                        ..body_end(*this.status, *this.sent)
+                        ..body_end(*this.status, *this.sent, *this.grpc_status)
                     });
                 }
             }
             Poll::Ready(None) => {
                 *this.complete = true;
                 if let Some(shared) = this.shared.take() {
-                    shared.response_done(body_end(*this.status, *this.sent));
+                    shared.response_done(body_end(*this.status, *this.sent, *this.grpc_status));
                 }
             }
         }

@@ -52,6 +52,7 @@ pub struct Completion {
     pub(crate) service_error: bool,
     pub(crate) continued: bool,
     pub(crate) detach_refused: bool,
+    pub(crate) grpc_status: Option<i32>,
 }
 
 impl Completion {
@@ -133,5 +134,15 @@ impl Completion {
     /// already continuing, or there was no tokio runtime to continue on.
     pub fn detach_refused(&self) -> bool {
         self.detach_refused
+    }
+
+    /// The `grpc-status` of a gRPC response (`content-type:
+    /// application/grpc…` request): read from the trailers, or from the
+    /// response head of a trailers-only answer. `None` for other requests,
+    /// and when the response ended before carrying one (the client left).
+    /// `Some(0)` is OK; a handler's error `Status` shows here while the
+    /// status word stays `normal`: the server answered.
+    pub fn grpc_status(&self) -> Option<i32> {
+        self.grpc_status
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 
 use crate::body::Bodiless;
 use crate::lifecycle::{End, Shared, WorkGuard};
-use crate::timeout::{poll_deadline, timeout_head};
+use crate::timeout::{grpc_status, poll_deadline, timeout_head};
 use crate::LifecycleBody;
 
 pin_project! {
@@ -192,6 +192,7 @@ where
                     .expect("a valid timeout response");
                 shared.response_done(End {
                     response_status: Some(response.status()),
+                    grpc_status: grpc_status(response.headers()),
                     ..End::handler()
                 });
                 return Poll::Ready(Ok(response));

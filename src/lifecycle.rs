@@ -321,6 +321,7 @@ pub(crate) struct End {
     pub(crate) bytes_sent: u64,
     pub(crate) body_error: bool,
     pub(crate) service_error: bool,
+    pub(crate) grpc_status: Option<i32>,
 }
 
 impl End {
@@ -332,6 +333,7 @@ impl End {
             bytes_sent: 0,
             body_error: false,
             service_error: false,
+            grpc_status: None,
         }
     }
 }
@@ -630,6 +632,7 @@ impl Shared {
             panicked: all & PANICKED != 0,
             body_error: end.body_error,
             service_error: end.service_error,
+            grpc_status: end.grpc_status,
             continued,
             detach_refused: refused,
         };

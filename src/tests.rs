@@ -1707,3 +1707,38 @@ async fn a_grpc_body_past_the_limit_ends_with_deadline_exceeded_trailers() {
         (ConnectionStatus::TIMEOUT, Phase::Body)
     );
 }
+
+#[tokio::test]
+async fn completion_reads_the_grpc_status_from_trailers_or_head() {
+    let seen = Seen::default();
+    let svc = seen.service(|req: Request<()>| async move {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let mut body = Chunks::new(&["msg"]);
+        body.trailers = Some(trailers);
+        let mut res = Response::new(body);
+        if req.uri() == "/error" {
+            // trailers-only error answer: the status is in the head
+            res = Response::new(Chunks::new(&[]));
+            res.headers_mut()
+                .insert("grpc-status", "3".parse().unwrap());
+        }
+        Ok::<_, Infallible>(res)
+    });
+    for (uri, grpc, expected) in [
+        ("/ok", true, Some(0)),
+        ("/error", true, Some(3)),
+        ("/ok", false, None),
+    ] {
+        let mut req = grpc_request();
+        *req.uri_mut() = uri.parse().unwrap();
+        if !grpc {
+            req.headers_mut().remove("content-type");
+        }
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        let c = seen.all().pop().unwrap();
+        assert_eq!(c.grpc_status(), expected, "{uri} grpc={grpc}");
+        assert!(c.status().is_normal(), "an error status is still an answer");
+    }
+}
