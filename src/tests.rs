@@ -1706,6 +1706,7 @@ async fn a_grpc_body_past_the_limit_ends_with_deadline_exceeded_trailers() {
         (c.status(), c.phase()),
         (ConnectionStatus::TIMEOUT, Phase::Body)
     );
+    assert_eq!(c.grpc_status(), Some(4));
 }
 
 #[tokio::test]
