@@ -140,6 +140,13 @@ impl LifecycleLayer {
     /// gRPC request's `grpc-timeout` header caps it (and sets one when the
     /// layer has none).
     ///
+    /// The `grpc-timeout` deadline is applied slightly early (by a tenth of
+    /// it, at most 20 ms): the client, and tonic's own `grpc-timeout`
+    /// handling outside this layer, started their clocks first, and
+    /// answering `DEADLINE_EXCEEDED` a little before them is what makes the
+    /// client see `DEADLINE_EXCEEDED` (tonic reports its own timeouts as
+    /// `CANCELLED`) and the hooks see `timeout` rather than `aborted`.
+    ///
     /// When it expires, [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) is
     /// set and:
     ///

@@ -30,6 +30,16 @@ const STATUS_BITS: u8 = 0b11;
 /// `NO_DEADLINE` is none.
 const NO_DEADLINE: u64 = u64::MAX;
 
+/// How much earlier than the client's `grpc-timeout` the layer gives up:
+/// a tenth of it, at most 20 ms. The client and tonic's own `grpc-timeout`
+/// handling start their clocks first; answering a little early is what lets
+/// the layer's `DEADLINE_EXCEEDED` reach the client before they give up
+/// (tonic reports its own timeouts as `CANCELLED`, and the server would see
+/// an abort).
+fn grpc_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(20))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NO_DEADLINE)
 }
@@ -343,7 +353,7 @@ impl Shared {
     pub(crate) fn new(config: Arc<Config>, grpc_timeout: Option<Duration>) -> Self {
         let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
         let token = config.drain.tracker.token();
-        let cap = grpc_timeout.map_or(NO_DEADLINE, nanos);
+        let cap = grpc_timeout.map_or(NO_DEADLINE, |t| nanos(t - grpc_margin(t)));
         let deadline = config.time_limit.map_or(NO_DEADLINE, nanos).min(cap);
         Shared {
             bits: AtomicU8::new(bits),
