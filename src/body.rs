@@ -216,7 +216,11 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             expected,
             complete,
             grpc,
-            grpc_status: if grpc { grpc_status(&parts.headers) } else { None },
+            grpc_status: if grpc {
+                grpc_status(&parts.headers)
+            } else {
+                None
+            },
             polling: false,
         }
     }
