@@ -1471,11 +1471,7 @@ async fn grpc_timeout_caps_the_limit_and_a_malformed_one_is_ignored() {
     };
     let ten_s = LifecycleLayer::new().time_limit(Duration::from_secs(10));
     let cases = [
-        (
-            ten_s.clone(),
-            with("100m"),
-            Some(Duration::from_millis(90)),
-        ),
+        (ten_s.clone(), with("100m"), Some(Duration::from_millis(90))),
         (ten_s.clone(), with("1H"), Some(Duration::from_secs(10))),
         (
             LifecycleLayer::new(),

@@ -75,7 +75,13 @@ pub(crate) const GRPC_DEADLINE_EXCEEDED: i32 = 4;
 
 /// The `grpc-status` of a response head or trailers.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 const GRPC_MESSAGE: &str = "request%20time%20limit%20expired";
