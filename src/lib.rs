@@ -72,6 +72,12 @@
 //! # let _ = app; }
 //! ```
 //!
+//! With tonic, one line: `Server::builder().layer(LifecycleLayer::new())`;
+//! a handler finds the [`Lifecycle`] in `request.extensions()` (tonic copies
+//! the HTTP request's extensions over). gRPC requests get gRPC answers: a
+//! time limit answers `DEADLINE_EXCEEDED`, a `grpc-timeout` caps the limit,
+//! and [`Completion::grpc_status`] reports the call's status.
+//!
 //! # When the hooks are called
 //!
 //! A request's lifecycle has these phases:
