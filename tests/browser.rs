@@ -1,0 +1,480 @@
+//! The progress demo (`examples/progress`) in a real browser: headless
+//! Chromium, driven through chromedriver, opens the demo's page served on
+//! 127.0.0.1:0 and uses it as a person would, one job after another in one
+//! session:
+//!
+//! 1. a job that runs to the end: the progress bar takes several increasing
+//!    values while it runs, the page says `done`, and the outcomes panel
+//!    says `normal` with every step done;
+//! 2. a job cancelled mid-way: the panel says `aborted` with fewer steps;
+//! 3. the same with "keep running if I leave" ticked: the panel says
+//!    `aborted` with every step done;
+//! 4. a job longer than its time limit: the panel says `timeout` with fewer
+//!    steps, and the page shows the failed response.
+//!
+//! It needs /usr/bin/chromium and /usr/bin/chromedriver (Debian's
+//! `chromium chromium-driver` packages). Without them the test is skipped,
+//! unless the `CI` environment variable is set: then it fails.
+//!
+//! While the last job runs, the test takes a screenshot of the page. It is
+//! written to the OS temporary directory; to refresh the one in the docs,
+//! run
+//!
+//! ```text
+//! UPDATE_SCREENSHOT=1 cargo test --test browser
+//! ```
+//!
+//! which writes it to `docs/progress.png`.
+
+#[path = "../examples/progress/app.rs"]
+mod app;
+
+use std::fmt;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How long the test waits for any one thing (a browser command, a
+/// condition on the page) before failing. Longer than the loopback tests'
+/// bound: a browser is slower to start and to answer.
+const WAIT: Duration = Duration::from_secs(15);
+/// How often a condition on the page is checked.
+const POLL: Duration = Duration::from_millis(50);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_page_in_chromium() {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|path| !Path::new(path).exists())
+        .collect();
+    if !missing.is_empty() {
+        let missing = missing.join(" and ");
+        if std::env::var_os("CI").is_some() {
+            panic!("{missing} not found: install `chromium chromium-driver` (CI is set, so the browser test does not skip)");
+        }
+        eprintln!(
+            "skipping the browser test: {missing} not found (install `chromium chromium-driver` to run it)"
+        );
+        return;
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app::router(app::Demo::default()))
+            .await
+            .expect("server error");
+    });
+
+    let driver = Driver::start();
+    let client = within(
+        "a chromedriver session",
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities(&driver.profile))
+            .connect(&driver.url()),
+    )
+    .await
+    .expect("could not start a chromedriver session");
+
+    // The scenarios run in a task of their own so that the session is
+    // closed (and Chromium quits) whether they pass or panic.
+    let scenarios = tokio::spawn(scenarios(client.clone(), addr)).await;
+    let closed = tokio::time::timeout(WAIT, client.close()).await;
+    if let Err(panic) = scenarios {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+    closed
+        .expect("timed out closing the browser session")
+        .expect("could not close the browser session");
+    drop(driver);
+}
+
+async fn scenarios(c: Client, addr: SocketAddr) {
+    within("the page", c.goto(&format!("http://{addr}/")))
+        .await
+        .unwrap();
+    wait_for(&c, "the page's script", |p| {
+        (p.state == "idle").then_some(())
+    })
+    .await;
+
+    cancelled(&c).await;
+    cancelled_but_kept(&c).await;
+    timed_out(&c).await;
+    // Last, so that the screenshot shows the outcomes of the others too.
+    runs_to_the_end(&c).await;
+}
+
+/// A job that runs to the end: progress shows while it runs, then `done`
+/// and a `normal` outcome.
+async fn runs_to_the_end(c: &Client) {
+    set_keep(c, false).await;
+    set_field(c, "limit_ms", "0").await;
+    set_field(c, "steps", "8").await;
+    set_field(c, "step_ms", "250").await;
+    let id = start(c).await;
+
+    // Every value the bar takes while the job runs, in the order seen.
+    let mut seen: Vec<u32> = Vec::new();
+    let mut screenshot = None;
+    loop {
+        let page = read_page(c).await;
+        if page.state == "done" {
+            break;
+        }
+        assert_eq!(page.state, "running", "job {id}: unexpected state\n{page}");
+        if page.progress > 0 && seen.last() != Some(&page.progress) {
+            seen.push(page.progress);
+        }
+        if screenshot.is_none() && (3..=5).contains(&page.progress) {
+            screenshot = Some(within("a screenshot", c.screenshot()).await.unwrap());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        seen.len() >= 3 && seen.windows(2).all(|w| w[0] < w[1]) && seen.iter().all(|&v| v <= 8),
+        "job {id}: expected at least three increasing progress values up to 8 before `done`, saw {seen:?}"
+    );
+    let page = read_page(c).await;
+    assert_eq!(
+        (page.progress, page.max),
+        (8, 8),
+        "job {id}: the bar at the end\n{page}"
+    );
+
+    let row = outcome(c, id).await;
+    assert_eq!(
+        (row.status.as_str(), row.steps, row.total),
+        ("normal", 8, 8),
+        "job {id}: the outcome of a job that ran to the end"
+    );
+    eprintln!("job {id} ran to the end: progress {seen:?}, outcome {row:?}");
+
+    let png = screenshot.unwrap_or_else(|| {
+        panic!(
+            "job {id}: never saw it mid-way (progress 3 to 5) to take a screenshot; saw {seen:?}"
+        )
+    });
+    save_screenshot(&png);
+}
+
+/// A job cancelled mid-way: an `aborted` outcome with the steps it did.
+async fn cancelled(c: &Client) {
+    set_field(c, "steps", "20").await;
+    set_field(c, "step_ms", "200").await;
+    let id = start(c).await;
+    wait_for(c, "progress to reach 3", |p| {
+        (p.progress >= 3).then_some(())
+    })
+    .await;
+    click(c, "cancel").await;
+    wait_for(c, "the page to say `cancelled`", |p| {
+        (p.state == "cancelled").then_some(())
+    })
+    .await;
+
+    let row = outcome(c, id).await;
+    assert_eq!(
+        row.status, "aborted",
+        "job {id}: the outcome of a cancelled job: {row:?}"
+    );
+    assert!(
+        row.steps >= 3 && row.steps < 20 && row.total == 20,
+        "job {id}: a cancelled job did some of its steps, not all: {row:?}"
+    );
+    eprintln!("job {id} cancelled: outcome {row:?}");
+}
+
+/// A job cancelled with "keep running if I leave" ticked: ignore-abort
+/// keeps it going, so the outcome is `aborted` with every step done.
+async fn cancelled_but_kept(c: &Client) {
+    set_keep(c, true).await;
+    set_field(c, "steps", "10").await;
+    set_field(c, "step_ms", "150").await;
+    let id = start(c).await;
+    wait_for(c, "progress to reach 2", |p| {
+        (p.progress >= 2).then_some(())
+    })
+    .await;
+    click(c, "cancel").await;
+    wait_for(c, "the page to say `cancelled`", |p| {
+        (p.state == "cancelled").then_some(())
+    })
+    .await;
+
+    let row = outcome(c, id).await;
+    assert_eq!(
+        (row.status.as_str(), row.steps, row.total),
+        ("aborted", 10, 10),
+        "job {id}: the outcome of a kept job whose client left: {row:?}"
+    );
+    eprintln!("job {id} cancelled, kept: outcome {row:?}");
+}
+
+/// A job longer than its time limit: a `timeout` outcome, and the page
+/// sees its response fail.
+async fn timed_out(c: &Client) {
+    set_keep(c, false).await;
+    set_field(c, "limit_ms", "600").await;
+    set_field(c, "steps", "20").await;
+    set_field(c, "step_ms", "200").await;
+    let id = start(c).await;
+
+    let row = outcome(c, id).await;
+    assert_eq!(
+        row.status, "timeout",
+        "job {id}: the outcome of a job past its limit: {row:?}"
+    );
+    assert!(
+        row.steps < 20 && row.total == 20,
+        "job {id}: a job cut at its limit did some of its steps, not all: {row:?}"
+    );
+    let page = wait_for(c, "the page to leave `running`", |p| {
+        (p.state != "running").then(|| p.clone())
+    })
+    .await;
+    assert!(
+        page.state.starts_with("failed"),
+        "job {id}: the page should show the cut response as a failure\n{page}"
+    );
+    eprintln!(
+        "job {id} timed out: outcome {row:?}, page says {:?}",
+        page.state
+    );
+}
+
+/// What the test reads from the page.
+#[derive(Clone, Debug, Deserialize)]
+struct Page {
+    /// `#state`: idle, running, done, cancelled or failed: ...
+    state: String,
+    /// The `x-job-id` of the last job the page started.
+    job: Option<String>,
+    /// The progress bar's `value` and `max`.
+    progress: u32,
+    max: u32,
+    /// The outcomes panel, parsed from its rows' data attributes.
+    rows: Vec<Row>,
+    /// The outcomes panel as HTML, for failure messages.
+    outcomes: String,
+}
+
+/// One row of the outcomes panel.
+#[derive(Clone, Debug, Deserialize)]
+struct Row {
+    id: u64,
+    status: String,
+    steps: u32,
+    total: u32,
+}
+
+impl Page {
+    fn job(&self) -> Option<u64> {
+        self.job.as_deref().and_then(|id| id.parse().ok())
+    }
+}
+
+impl fmt::Display for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "page: #state {:?} (job {:?}), progress {}/{}, #outcomes: {}",
+            self.state, self.job, self.progress, self.max, self.outcomes
+        )
+    }
+}
+
+const READ_PAGE: &str = r##"
+const $ = (id) => document.getElementById(id);
+const rows = [...document.querySelectorAll("#outcomes tr")].map((r) => ({
+  id: Number(r.dataset.id), status: r.dataset.status,
+  steps: Number(r.dataset.steps), total: Number(r.dataset.total),
+}));
+return {
+  state: $("state").textContent, job: $("state").dataset.job ?? null,
+  progress: Number($("progress").value), max: Number($("progress").max),
+  rows, outcomes: $("outcomes").innerHTML,
+};
+"##;
+
+async fn read_page(c: &Client) -> Page {
+    let json = within("the page's state", c.execute(READ_PAGE, vec![]))
+        .await
+        .expect("could not read the page");
+    serde_json::from_value(json).expect("unexpected page state")
+}
+
+/// Reads the page every [`POLL`] until `check` returns something, failing
+/// with the page's state if it does not within [`WAIT`].
+async fn wait_for<T>(c: &Client, what: &str, mut check: impl FnMut(&Page) -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = read_page(c).await;
+        if let Some(found) = check(&page) {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {WAIT:?} waiting for {what}\n{page}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Awaits `fut`, failing the test after [`WAIT`].
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+}
+
+async fn click(c: &Client, id: &str) {
+    let button = within(id, c.find(Locator::Id(id))).await.unwrap();
+    within(id, button.click()).await.unwrap();
+}
+
+/// Types `value` into the input `id`.
+async fn set_field(c: &Client, id: &str, value: &str) {
+    let input = within(id, c.find(Locator::Id(id))).await.unwrap();
+    within(id, input.clear()).await.unwrap();
+    within(id, input.send_keys(value)).await.unwrap();
+    let now = within(id, input.prop("value")).await.unwrap();
+    assert_eq!(now.as_deref(), Some(value), "#{id} after typing {value:?}");
+}
+
+/// Ticks or unticks "keep running if I leave".
+async fn set_keep(c: &Client, keep: bool) {
+    let checkbox = within("keep", c.find(Locator::Id("keep"))).await.unwrap();
+    if within("keep", checkbox.is_selected()).await.unwrap() != keep {
+        within("keep", checkbox.click()).await.unwrap();
+    }
+    let now = within("keep", checkbox.is_selected()).await.unwrap();
+    assert_eq!(now, keep, "#keep after clicking it");
+}
+
+/// Starts a job once the previous one is over; returns its id.
+async fn start(c: &Client) -> u64 {
+    let before = wait_for(c, "the previous job to end", |p| {
+        (p.state != "running").then(|| p.job())
+    })
+    .await;
+    click(c, "start").await;
+    wait_for(c, "the new job's id (x-job-id)", |p| {
+        p.job().filter(|id| Some(*id) != before)
+    })
+    .await
+}
+
+/// The row of job `id` in the outcomes panel, once it shows.
+async fn outcome(c: &Client, id: u64) -> Row {
+    wait_for(c, &format!("job {id} in the outcomes panel"), |p| {
+        p.rows.iter().find(|r| r.id == id).cloned()
+    })
+    .await
+}
+
+fn save_screenshot(png: &[u8]) {
+    let path = if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).expect("could not create docs/");
+        docs.join("progress.png")
+    } else {
+        std::env::temp_dir().join("tower-lifecycle-progress.png")
+    };
+    std::fs::write(&path, png).expect("could not write the screenshot");
+    eprintln!("screenshot of the page mid-job: {}", path.display());
+}
+
+fn capabilities(profile: &Path) -> fantoccini::wd::Capabilities {
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                format!("--user-data-dir={}", profile.display()),
+                "--window-size=1000,800",
+            ],
+        },
+    });
+    caps.as_object().unwrap().clone()
+}
+
+/// A chromedriver listening on a free loopback port, and a fresh Chromium
+/// profile directory; dropping it kills chromedriver and removes the
+/// profile, also when the test fails.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: PathBuf,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("could not pick a free port")
+            .port();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let profile = std::env::temp_dir().join(format!(
+            "tower-lifecycle-chromium-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&profile).expect("could not create a Chromium profile directory");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("could not start chromedriver");
+        let mut driver = Driver {
+            child,
+            port,
+            profile,
+        };
+
+        let deadline = std::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited before it listened on port {port}: {status}");
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {WAIT:?} waiting for chromedriver to listen on port {port}"
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        driver
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
