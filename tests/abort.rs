@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::{self, Channel};
 use http_body_util::combinators::BoxBody;
@@ -351,21 +351,6 @@ async fn http2_with_socket(addr: SocketAddr) -> (Client, std::net::TcpStream) {
     (Client::Http2(send), handle)
 }
 
-/// Reads `expected` off `body`, however the frames split it.
-async fn read_chunk(body: &mut Incoming, expected: &str) {
-    let mut got = BytesMut::new();
-    while got.len() < expected.len() {
-        let frame = within("a body frame", body.frame())
-            .await
-            .expect("the body ended early")
-            .expect("body error");
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
-        }
-    }
-    assert_eq!(got, expected.as_bytes());
-}
-
 /// 1a. HTTP/1.1: the client writes a request by hand and closes the socket
 /// while the handler is pending.
 #[tokio::test]
@@ -436,7 +421,7 @@ async fn client_leaves_mid_body() {
             tx.send_data(Bytes::from_static(chunk.as_bytes()))
                 .await
                 .unwrap();
-            read_chunk(&mut body, chunk).await;
+            common::read_exactly(&mut body, chunk).await;
         }
         assert!(!running.lifecycle.is_aborted());
         drop(body);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::{self, Channel};
 use http_body_util::combinators::BoxBody;
@@ -352,21 +352,6 @@ impl InFlight {
     }
 }
 
-/// Reads `expected` off `body`, however the frames split it.
-async fn read_chunk(body: &mut Incoming, expected: &str) {
-    let mut got = BytesMut::new();
-    while got.len() < expected.len() {
-        let frame = within("a body frame", body.frame())
-            .await
-            .expect("the body ended early")
-            .expect("body error");
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
-        }
-    }
-    assert_eq!(got, expected.as_bytes());
-}
-
 /// Polls `fut` once, with the calling task's waker.
 async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
@@ -395,7 +380,7 @@ async fn after_response_starts_once_the_body_is_complete() {
             tx.send_data(Bytes::from_static(chunk.as_bytes()))
                 .await
                 .unwrap();
-            read_chunk(&mut body, chunk).await;
+            common::read_exactly(&mut body, chunk).await;
             assert!(
                 running.events().is_empty(),
                 "{proto:?}: the work started mid-body: {:?}",
@@ -483,7 +468,7 @@ async fn after_response_runs_when_the_client_left_mid_body() {
         tx.send_data(Bytes::from_static(CHUNKS[0].as_bytes()))
             .await
             .unwrap();
-        read_chunk(&mut body, CHUNKS[0]).await;
+        common::read_exactly(&mut body, CHUNKS[0]).await;
         assert!(running.events().is_empty(), "{proto:?}: started mid-body");
         drop(body);
         drop(client);

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::{self, Channel};
 use http_body_util::combinators::BoxBody;
@@ -383,21 +383,6 @@ impl Visit {
     }
 }
 
-/// Reads exactly `expected` off `body`, however the frames split it.
-async fn read_exactly(body: &mut Incoming, expected: &str) {
-    let mut got = BytesMut::new();
-    while got.len() < expected.len() {
-        let frame = within("a body frame", body.frame())
-            .await
-            .expect("the body ended early")
-            .expect("body error");
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
-        }
-    }
-    assert_eq!(got, expected.as_bytes());
-}
-
 /// A server under test and the test's ends of its probe and layer.
 struct Server {
     addr: SocketAddr,
@@ -466,7 +451,7 @@ impl Server {
         .expect("the streamed request failed");
         let job = self.job().await;
         let mut body = res.into_body();
-        read_exactly(&mut body, &HEAD.concat()).await;
+        common::read_exactly(&mut body, &HEAD.concat()).await;
         drop(body);
         conn.abort();
         job

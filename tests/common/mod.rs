@@ -163,3 +163,18 @@ pub async fn read_all(res: Response<hyper::body::Incoming>) -> Bytes {
         .expect("body error")
         .to_bytes()
 }
+
+/// Reads exactly `expected` off `body`, however the frames split it.
+pub async fn read_exactly(body: &mut hyper::body::Incoming, expected: &str) {
+    let mut got = bytes::BytesMut::new();
+    while got.len() < expected.len() {
+        let frame = within("a body frame", body.frame())
+            .await
+            .expect("the body ended early")
+            .expect("body error");
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(got, expected.as_bytes());
+}
