@@ -68,7 +68,10 @@ pin_project! {
     /// Dropped before it was complete while ignore-abort is on, the inner
     /// body is moved into a task and polled to its end, its frames
     /// discarded, so whatever produces it (a task feeding a channel, say)
-    /// keeps succeeding. The lifecycle ends when the drain does.
+    /// keeps succeeding. The lifecycle ends when the drain does. A body
+    /// with an exact size hint (`Full`, `Empty`, …) has no producer to keep
+    /// alive and is not drained; it also stays inline, which saves an
+    /// allocation.
     #[project = LifecycleBodyProj]
     pub struct LifecycleBody<B> {
         #[pin]
@@ -95,7 +98,7 @@ pin_project! {
             let panicked = *this.polling || std::thread::panicking();
             let mut inner = this.inner;
             if !*this.complete && !panicked {
-                if let Some(handle) = shared.abort() {
+                if let Some(handle) = shared.abort(inner.is_boxed()) {
                     if let (Some(body), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
                         (this.drain)(body, &handle, guard);
                     }
@@ -200,14 +203,18 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let expected = match (inner.size_hint().exact(), content_length) {
+        let exact = inner.size_hint().exact();
+        let expected = match (exact, content_length) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let status = parts.status;
         let complete = bodiless.response(status) || expected == Some(0) || inner.is_end_stream();
+        let boxed = shared.detachable() && !complete && exact.is_none();
         LifecycleBody {
-            inner: Inner::new(inner, shared.detachable()),
+            // Only a body whose length is open can have a producer that
+            // draining keeps alive; `Full` and the like stay inline.
+            inner: Inner::new(inner, boxed),
             sleep: None,
             shared: Some(shared),
             drain: drain_body::<B>,

@@ -34,6 +34,11 @@ pin_project! {
 }
 
 impl<F> Inner<F> {
+    /// Whether the inner value can be moved into a task.
+    pub(crate) fn is_boxed(&self) -> bool {
+        matches!(self, Inner::Boxed { future: Some(_) })
+    }
+
     pub(crate) fn new(future: F, boxed: bool) -> Self {
         if boxed {
             Inner::Boxed {
@@ -102,7 +107,7 @@ pin_project! {
             let panicked = *this.polling || std::thread::panicking();
             let mut inner = this.inner;
             if !panicked {
-                if let Some(handle) = shared.abort() {
+                if let Some(handle) = shared.abort(inner.is_boxed()) {
                     if let (Some(future), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
                         (this.detach)(future, &handle, guard);
                     }

@@ -501,9 +501,14 @@ impl Shared {
     /// policy read now, whether the request's work continues. Returns the
     /// runtime to continue on, holding a `max_detached` slot, or `None`
     /// after cancelling the request's spawned work.
-    pub(crate) fn abort(&self) -> Option<Handle> {
+    ///
+    /// `movable`: the caller has work it can move into a task (a boxed
+    /// handler future or open-ended body). Without it and without spawned
+    /// work, there is nothing to continue, and no slot is taken.
+    pub(crate) fn abort(&self, movable: bool) -> Option<Handle> {
         self.set(ConnectionStatus::ABORTED.bits());
-        if self.bits.load(Ordering::Acquire) & IGNORE_ABORT != 0 {
+        let spawned = self.lock().work.is_some();
+        if (movable || spawned) && self.bits.load(Ordering::Acquire) & IGNORE_ABORT != 0 {
             match self.try_detach() {
                 Ok(handle) => return Some(handle),
                 Err(reason) => {

@@ -1741,3 +1741,19 @@ async fn completion_reads_the_grpc_status_from_trailers_or_head() {
         assert!(c.status().is_normal(), "an error status is still an answer");
     }
 }
+
+#[tokio::test]
+async fn an_exact_size_body_is_not_drained_it_has_no_producer() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer().ignore_abort(true))
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(full("hello")) });
+    let body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    drop(body); // never polled: the client left before the body was written
+    let c = seen.only();
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::ABORTED, Phase::Body)
+    );
+    assert!(!c.continued(), "nothing to continue");
+}
