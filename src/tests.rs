@@ -1757,3 +1757,100 @@ async fn an_exact_size_body_is_not_drained_it_has_no_producer() {
     );
     assert!(!c.continued(), "nothing to continue");
 }
+
+#[tokio::test]
+async fn a_lifecycle_used_after_its_request_ended_behaves_as_documented() {
+    let seen = Seen::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let svc = seen.service(move |req: Request<()>| {
+        tx.send(lifecycle_of(&req)).unwrap();
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let lifecycle = rx.recv().unwrap();
+    let first = seen.only();
+
+    // Reading works and keeps the final answer.
+    assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
+    assert!(!lifecycle.is_aborted());
+    // A late hook runs at once with the final completion; the layer's hook
+    // does not run again.
+    let late = Arc::new(Mutex::new(None));
+    let l = late.clone();
+    lifecycle.on_shutdown(move |c| *l.lock().unwrap() = Some(c.clone()));
+    assert_eq!(late.lock().unwrap().take(), Some(first.clone()));
+    let (atx, arx) = tokio::sync::oneshot::channel();
+    lifecycle.on_shutdown_async(move |c| async move {
+        let _ = atx.send(c);
+    });
+    assert_eq!(
+        tokio::time::timeout(WAIT, arx).await.unwrap().unwrap(),
+        first
+    );
+    // Work runs as a plain task, outside the ended lifecycle.
+    let (wtx, wrx) = tokio::sync::oneshot::channel();
+    lifecycle.spawn(async move {
+        let _ = wtx.send("spawned");
+    });
+    assert_eq!(
+        tokio::time::timeout(WAIT, wrx).await.unwrap().unwrap(),
+        "spawned"
+    );
+    let (wtx, wrx) = tokio::sync::oneshot::channel();
+    lifecycle.after_response(async move {
+        let _ = wtx.send("after");
+    });
+    assert_eq!(
+        tokio::time::timeout(WAIT, wrx).await.unwrap().unwrap(),
+        "after"
+    );
+    // Settings change nothing any more, and never panic.
+    assert!(!lifecycle.ignore_abort(true));
+    lifecycle.set_time_limit(Some(Duration::ZERO));
+    lifecycle.set_time_limit(None);
+    assert_eq!(lifecycle.deadline(), None);
+    assert_eq!(seen.all().len(), 1, "nothing ended twice");
+    assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_hook_delays_only_its_own_request() {
+    let seen = Seen::default();
+    let gate = Arc::new(std::sync::Barrier::new(2));
+    let g = gate.clone();
+    let svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        if req.uri() == "/blocking" {
+            let g = g.clone();
+            // A hook that blocks its thread until the test lets it go.
+            lifecycle.on_shutdown(move |_| {
+                g.wait();
+            });
+        }
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    let blocked = tokio::task::spawn_blocking({
+        let svc = svc.clone();
+        move || {
+            tokio::runtime::Handle::current().block_on(async move {
+                let res = svc
+                    .oneshot(Request::get("/blocking").body(()).unwrap())
+                    .await
+                    .unwrap();
+                res.into_body().collect().await.unwrap();
+            })
+        }
+    });
+    // Another request completes while the first one's hook blocks.
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert_eq!(
+        seen.all().len(),
+        1,
+        "the other request ended; the blocked one not yet"
+    );
+    gate.wait();
+    tokio::time::timeout(WAIT, blocked).await.unwrap().unwrap();
+    assert_eq!(seen.wait_for(2).await.len(), 2);
+}
