@@ -1,0 +1,201 @@
+//! Time per request added by `LifecycleLayer`, side by side with no layer,
+//! with tower-http's `OnEarlyDropLayer` and `TimeoutLayer` (the closest
+//! alternatives) and with `TraceLayer` for scale.
+//!
+//! Every configuration serves the same hello-world handler (`Request<()>`
+//! in, `Response<Full<Bytes>>` with "hello world" out), called with
+//! `ServiceBuilder` + `oneshot` on a current-thread tokio runtime, the body
+//! collected. The handler is ready on its first poll, so this measures the
+//! layer's fixed cost per request; nothing here waits on a timer.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench --bench overhead -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use http::{response::Parts, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::runtime::Runtime;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tower_lifecycle::{Lifecycle, LifecycleLayer};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The handler every configuration serves.
+async fn hello<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::from("hello world")))
+}
+
+/// The same handler, registering one shutdown hook first.
+fn hello_with_hook(
+    req: Request<()>,
+) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send {
+    req.extensions()
+        .get::<Lifecycle>()
+        .expect("the layer inserts a Lifecycle")
+        .on_shutdown(|_| {});
+    hello(req)
+}
+
+/// One request: `oneshot` on a clone of the service, then the whole body.
+async fn call<S, B>(svc: &S) -> Bytes
+where
+    S: Service<Request<()>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body,
+    B::Error: Debug,
+{
+    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+fn bench<S, B>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
+where
+    S: Service<Request<()>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body,
+    B::Error: Debug,
+{
+    // Check once that the configuration answers what the handler said.
+    assert_eq!(rt.block_on(call(&svc)), "hello world", "{name}");
+    group.bench_function(name, |b| b.to_async(rt).iter(|| call(&svc)));
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("overhead");
+
+    bench(
+        &mut group,
+        &rt,
+        "bare",
+        ServiceBuilder::new().service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_default",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_hook",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello_with_hook),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_time_limit",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().time_limit(LIMIT))
+            .service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_ignore_abort",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().ignore_abort(true))
+            .service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_full",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().time_limit(LIMIT).ignore_abort(true))
+            .service_fn(hello_with_hook),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "lifecycle_no_detach",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().max_detached(0))
+            .service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "tower_http_early_drop",
+        ServiceBuilder::new().layer(early_drop()).service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "tower_http_timeout",
+        ServiceBuilder::new().layer(timeout()).service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "tower_http_early_drop_plus_timeout",
+        ServiceBuilder::new()
+            .layer(early_drop())
+            .layer(timeout())
+            .service_fn(hello),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "tower_http_trace",
+        ServiceBuilder::new()
+            // `TraceLayer` wants a request body that is a `Body`.
+            .map_request(|req: Request<()>| req.map(|()| Empty::<Bytes>::new()))
+            .layer(TraceLayer::new_for_http())
+            .service_fn(hello),
+    );
+
+    group.finish();
+}
+
+/// `OnEarlyDropLayer` with a no-op callback in both slots (the future and
+/// the body), the cheapest way to use it for what this crate does.
+type EarlyDrop = OnEarlyDropLayer<
+    fn(&Request<()>) -> fn(),
+    OnBodyDropFn<fn(&Request<()>) -> fn(&Parts) -> fn()>,
+>;
+
+fn early_drop() -> EarlyDrop {
+    fn noop() {}
+    fn future_drop(_: &Request<()>) -> fn() {
+        noop
+    }
+    fn body_drop(_: &Request<()>) -> fn(&Parts) -> fn() {
+        |_| noop
+    }
+    OnEarlyDropLayer::builder()
+        .on_future_drop(future_drop as fn(&Request<()>) -> fn())
+        .on_body_drop(OnBodyDropFn::new(
+            body_drop as fn(&Request<()>) -> fn(&Parts) -> fn(),
+        ))
+}
+
+/// `TimeoutLayer` answering 503, as `LifecycleLayer::time_limit` does.
+fn timeout() -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, LIMIT)
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

@@ -1,0 +1,91 @@
+//! Run with: cargo run --release --example bench_server -- [bare|layer] [PORT]
+//!
+//! The server of the end-to-end benchmark (`scripts/bench-e2e.sh`): an axum
+//! hello world (`GET /` answers `hello world`) on 127.0.0.1:PORT (default
+//! 3000), served by `axum::serve`, which speaks HTTP/1.1 and HTTP/2 with
+//! prior knowledge (h2c) on the same port.
+//!
+//! - `bare`: the router alone; the handler takes no extractor.
+//! - `layer` (default): the router with the full layer configuration
+//!   (ignore-abort on, a 30 s time limit, a layer-wide `on_complete` hook),
+//!   and a handler that takes the `Lifecycle` extractor and registers one
+//!   `on_shutdown` hook: what every request pays when the crate is used.
+//!
+//! It prints `listening on http://127.0.0.1:PORT` once it accepts
+//! connections, and runs until killed.
+
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_lifecycle::{Lifecycle, LifecycleLayer};
+
+/// The answer of both configurations.
+const HELLO: &str = "hello world";
+
+/// Which server to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    Bare,
+    Layer,
+}
+
+/// The handler without the layer.
+async fn bare() -> &'static str {
+    HELLO
+}
+
+/// The handler with the layer: takes the extractor and registers a hook.
+async fn with_lifecycle(lifecycle: Lifecycle) -> &'static str {
+    lifecycle.on_shutdown(|_| {});
+    HELLO
+}
+
+fn app(config: Config) -> Router {
+    match config {
+        Config::Bare => Router::new().route("/", get(bare)),
+        Config::Layer => Router::new().route("/", get(with_lifecycle)).layer(
+            LifecycleLayer::new()
+                .ignore_abort(true)
+                .time_limit(Duration::from_secs(30))
+                .on_complete(|_| {}),
+        ),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench_server [bare|layer] [PORT]");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let config = match args.next().as_deref() {
+        None | Some("layer") => Config::Layer,
+        Some("bare") => Config::Bare,
+        Some(_) => usage(),
+    };
+    let port: u16 = match args.next() {
+        None => 3000,
+        Some(p) => p.parse().unwrap_or_else(|_| usage()),
+    };
+
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("bench_server: cannot bind 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        });
+    let addr = listener.local_addr().expect("bound address");
+    let name = match config {
+        Config::Bare => "bare",
+        Config::Layer => "layer",
+    };
+    eprintln!("bench_server: {name} configuration");
+    println!("listening on http://{addr}");
+    axum::serve(listener, app(config))
+        .await
+        .expect("server error");
+}
