@@ -18,6 +18,8 @@ use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
 
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
 use crate::lifecycle::Shared;
 use crate::Completion;
 
@@ -36,6 +38,20 @@ pub(crate) type OnComplete = Arc<dyn Fn(&Completion) + Send + Sync + 'static>;
 pub(crate) struct Chain {
     shared: Option<Arc<Shared>>,
     completion: Completion,
+    /// Where the chain stands with the request's hooks.
+    hooks: Hooks,
+}
+
+/// The request's hooks, as the lifecycle's end found them: it takes the
+/// first hook, or, when there is none, marks the lifecycle ended and takes
+/// its drain token, under the one lock it holds anyway.
+pub(crate) enum Hooks {
+    /// This hook runs first; the rest are taken one by one.
+    First(Hook),
+    /// Taken one by one from the shared state.
+    More,
+    /// None left: after `on_complete`, the token is dropped.
+    Done(Option<TaskTrackerToken>),
 }
 
 impl Chain {
@@ -45,10 +61,11 @@ impl Chain {
     /// running inline: a drop that happens while unwinding is no place to run
     /// user code. Without a runtime it runs inline, still under
     /// `catch_unwind`, which keeps a panicking hook from escaping.
-    pub(crate) fn start(shared: Arc<Shared>, completion: Completion) {
+    pub(crate) fn start(shared: Arc<Shared>, completion: Completion, hooks: Hooks) {
         let chain = Chain {
             shared: Some(shared),
             completion,
+            hooks,
         };
         if std::thread::panicking() {
             if let Some(handle) = chain.handle() {
@@ -87,7 +104,15 @@ impl Chain {
     fn advance(&mut self) -> Option<BoxFuture> {
         loop {
             let shared = self.shared.as_ref()?;
-            match shared.next_hook(&self.completion) {
+            let next = match std::mem::replace(&mut self.hooks, Hooks::More) {
+                Hooks::First(hook) => Some(hook),
+                Hooks::More => shared.next_hook(&self.completion),
+                done @ Hooks::Done(_) => {
+                    self.hooks = done;
+                    None
+                }
+            };
+            match next {
                 Some(Hook::Sync(f)) => run_sync(f, &self.completion),
                 Some(Hook::Async(f)) => {
                     if let Some(fut) = make_async(f, &self.completion) {
@@ -99,7 +124,11 @@ impl Chain {
                     if let Some(on_complete) = shared.on_complete() {
                         guarded("on_complete", || on_complete(&self.completion));
                     }
-                    shared.release();
+                    // The lifecycle leaves the drain's count last.
+                    match std::mem::replace(&mut self.hooks, Hooks::More) {
+                        Hooks::Done(token) => drop(token),
+                        _ => shared.release(),
+                    }
                     return None;
                 }
             }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::completion::Phase;
-use crate::hooks::{self, BoxFuture, Chain, Hook, OnComplete};
+use crate::hooks::{self, BoxFuture, Chain, Hook, Hooks, OnComplete};
 use crate::layer::Config;
 use crate::{Completion, ConnectionStatus};
 
@@ -626,40 +626,46 @@ impl Shared {
     /// Builds the completion and runs the hooks. Reached exactly once, by
     /// whatever brought `pending` to zero.
     fn finish(self: Arc<Self>, phase: Option<Phase>) {
-        let (end, continued, refused) = {
-            let state = self.lock();
-            (
-                state.response.unwrap_or_else(End::handler),
-                state.detached,
-                state.refused,
-            )
+        let all = self.bits.load(Ordering::Acquire);
+        let (completion, hooks) = {
+            let mut state = self.lock();
+            let end = state.response.unwrap_or_else(End::handler);
+            let completion = Completion {
+                status: self.status(),
+                phase: phase.unwrap_or(end.phase),
+                elapsed: self.start.elapsed(),
+                bytes_sent: end.bytes_sent,
+                response_status: end.response_status,
+                panicked: all & PANICKED != 0,
+                body_error: end.body_error,
+                service_error: end.service_error,
+                grpc_status: end.grpc_status,
+                continued: state.detached,
+                detach_refused: state.refused,
+            };
+            // One lock for the common case of no hook: take the first, or
+            // mark the end and take the drain token.
+            let hooks = match state.hooks.pop_front() {
+                Some(first) => Hooks::First(first),
+                None => {
+                    state.ended = Some(completion.clone());
+                    Hooks::Done(state.token.take())
+                }
+            };
+            (completion, hooks)
         };
-        if continued {
+        if completion.continued {
             self.config.drain.detached.fetch_sub(1, Ordering::AcqRel);
         }
-        let all = self.bits.load(Ordering::Acquire);
-        let completion = Completion {
-            status: self.status(),
-            phase: phase.unwrap_or(end.phase),
-            elapsed: self.start.elapsed(),
-            bytes_sent: end.bytes_sent,
-            response_status: end.response_status,
-            panicked: all & PANICKED != 0,
-            body_error: end.body_error,
-            service_error: end.service_error,
-            grpc_status: end.grpc_status,
-            continued,
-            detach_refused: refused,
-        };
         tracing::debug!(
             status = %completion.status,
             phase = %completion.phase,
             bytes_sent = completion.bytes_sent,
             panicked = completion.panicked,
-            continued,
+            continued = completion.continued,
             "tower_lifecycle: request lifecycle ended"
         );
-        Chain::start(self, completion);
+        Chain::start(self, completion, hooks);
     }
 }
 
