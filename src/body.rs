@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 
 use tokio::time::Sleep;
 
-use crate::future::{Detach, Inner, InnerProj};
+use crate::future::{end_in_drop, Detach, Inner, InnerProj};
 use crate::lifecycle::{End, Shared, WorkGuard};
 use crate::timeout::{
     grpc_deadline_exceeded, grpc_status, poll_deadline, BoxError, TimedOut, GRPC_DEADLINE_EXCEEDED,
@@ -96,20 +96,12 @@ pin_project! {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
-            let mut inner = this.inner;
-            if !*this.complete && !panicked {
-                if let Some(handle) = shared.abort(inner.is_boxed()) {
-                    if let (Some(body), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
-                        (this.drain)(body, &handle, guard);
-                    }
-                }
-            }
-            // The body's own drop (its producer learns) runs before the hooks.
-            inner.set(Inner::Gone);
-            shared.response_done(End {
+            let end = End {
                 panicked,
                 ..body_end(*this.status, *this.sent, *this.grpc_status)
-            });
+            };
+            // The body's own drop (its producer learns) runs before the hooks.
+            end_in_drop(shared, this.inner, *this.drain, !*this.complete && !panicked, end);
         }
     }
 }

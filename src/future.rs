@@ -75,6 +75,29 @@ impl<'a, F> InnerProj<'a, F> {
 /// Runs a detached inner future to its end in a task.
 pub(crate) type Detach<F> = fn(Pin<Box<F>>, &Handle, WorkGuard);
 
+/// Ends the response side from the `Drop` of the future or the body. If
+/// `aborted`, sets ABORTED and, under ignore-abort, moves the inner value
+/// into a task with `detach`. Then drops the inner value, so that its own
+/// cleanup has run when the hooks see the outcome, and ends with `end`.
+pub(crate) fn end_in_drop<T>(
+    shared: Arc<Shared>,
+    mut inner: Pin<&mut Inner<T>>,
+    detach: Detach<T>,
+    aborted: bool,
+    end: End,
+) {
+    if aborted {
+        if let Some(handle) = shared.abort(inner.is_boxed()) {
+            if let (Some(value), Some(guard)) = (inner.as_mut().project().take(), shared.add_work())
+            {
+                detach(value, &handle, guard);
+            }
+        }
+    }
+    inner.set(Inner::Gone);
+    shared.response_done(end);
+}
+
 pin_project! {
     /// Response future of [`LifecycleService`](crate::LifecycleService).
     ///
@@ -105,20 +128,11 @@ pin_project! {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
-            let mut inner = this.inner;
-            if !panicked {
-                if let Some(handle) = shared.abort(inner.is_boxed()) {
-                    if let (Some(future), Some(guard)) = (inner.as_mut().project().take(), shared.add_work()) {
-                        (this.detach)(future, &handle, guard);
-                    }
-                }
-            }
-            // The handler's own drop (its cleanup) runs before the hooks.
-            inner.set(Inner::Gone);
-            shared.response_done(End {
+            let end = End {
                 panicked,
                 ..End::handler()
-            });
+            };
+            end_in_drop(shared, this.inner, *this.detach, !panicked, end);
         }
     }
 }
