@@ -49,6 +49,10 @@ async fn stream(lifecycle: Lifecycle) -> Response {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Wait until the last line was taken before dropping the sender:
+        // http-body-util's `Channel` can lose a frame queued just before
+        // its sender is dropped. An empty trailers frame waits for room.
+        let _ = tx.send_trailers(axum::http::HeaderMap::new()).await;
     });
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")

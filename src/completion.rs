@@ -87,6 +87,11 @@ impl Completion {
     /// The status code of the response head, or `None` when no response
     /// was sent: the handler was dropped, panicked or failed, or it ran on
     /// after its client left (ignore-abort) and its response was discarded.
+    ///
+    /// Like [`bytes_sent`](Self::bytes_sent), this is what was handed to the
+    /// server: a head hyper had not yet written when the connection ended
+    /// (a time limit expiring before hyper first polled the body, say) is
+    /// reported although the client never saw it.
     pub fn response_status(&self) -> Option<StatusCode> {
         self.response_status
     }

@@ -152,6 +152,7 @@ async fn job(
                 .or_default()
                 .push(Instant::now());
         }
+        finish(tx).await;
     });
 
     let mut response = Response::new(Body::new(body));
@@ -163,6 +164,17 @@ async fn job(
     headers.insert("x-job-id", HeaderValue::from(id));
     tower_lifecycle::no_buffering(headers);
     (StatusCode::OK, response).into_response()
+}
+
+/// Ends a channel body without losing its last frame.
+///
+/// `http_body_util::channel::Channel` (0.1.5) can return `None` for a
+/// sender dropped right after its last frame was queued, before that frame
+/// was taken. With a buffer of one, sending an (empty) trailers frame waits
+/// until the last data frame was taken; only the trailers can be lost then,
+/// and HTTP/1.1 clients that did not ask for trailers never see them.
+pub async fn finish(mut tx: http_body_util::channel::Sender<Bytes, Infallible>) {
+    let _ = tx.send_trailers(axum::http::HeaderMap::new()).await;
 }
 
 const PAGE: &str = r#"<!doctype html>
