@@ -15,21 +15,22 @@
 //! cargo bench --bench allocations
 //! ```
 
+mod support;
+
+use support::{call, hello, hello_with_hook, LIMIT};
+
 use std::alloc::System;
-use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::Future;
 use std::hint::black_box;
 use std::mem::size_of;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{response::Parts, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::runtime::Runtime;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder};
 use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -40,35 +41,6 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const WARM_UP: usize = 1_000;
 const REQUESTS: usize = 10_000;
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// The handler every configuration serves.
-async fn hello<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::from("hello world")))
-}
-
-/// The same handler, registering one shutdown hook first.
-fn hello_with_hook(
-    req: Request<()>,
-) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send {
-    req.extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle")
-        .on_shutdown(|_| {});
-    hello(req)
-}
-
-/// One request: `oneshot` on a clone of the service, then the whole body.
-async fn call<S, B>(svc: &S) -> Bytes
-where
-    S: Service<Request<()>, Response = Response<B>> + Clone,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
-{
-    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
-    response.into_body().collect().await.unwrap().to_bytes()
-}
 
 /// Allocations (count, bytes) per request of one configuration.
 struct Row {

@@ -14,53 +14,24 @@
 //! cargo bench --bench overhead -- --warm-up-time 1 --measurement-time 3
 //! ```
 
-use std::convert::Infallible;
+mod support;
+
+use support::{call, hello, hello_with_hook, LIMIT};
+
 use std::fmt::Debug;
-use std::future::Future;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::{response::Parts, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Empty;
 use tokio::runtime::Runtime;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder};
 use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tower_lifecycle::{Lifecycle, LifecycleLayer};
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-/// The handler every configuration serves.
-async fn hello<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::from("hello world")))
-}
-
-/// The same handler, registering one shutdown hook first.
-fn hello_with_hook(
-    req: Request<()>,
-) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send {
-    req.extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle")
-        .on_shutdown(|_| {});
-    hello(req)
-}
-
-/// One request: `oneshot` on a clone of the service, then the whole body.
-async fn call<S, B>(svc: &S) -> Bytes
-where
-    S: Service<Request<()>, Response = Response<B>> + Clone,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
-{
-    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
-    response.into_body().collect().await.unwrap().to_bytes()
-}
+use tower_lifecycle::LifecycleLayer;
 
 fn bench<S, B>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
 where
