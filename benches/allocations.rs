@@ -17,7 +17,7 @@
 
 mod support;
 
-use support::{call, hello, hello_with_hook, LIMIT};
+use support::{call, early_drop, hello, hello_with_hook, timeout, LIMIT};
 
 use std::alloc::System;
 use std::fmt::Debug;
@@ -25,14 +25,12 @@ use std::hint::black_box;
 use std::mem::size_of;
 
 use bytes::Bytes;
-use http::{response::Parts, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{Empty, Full};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceBuilder};
-use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_lifecycle::{Lifecycle, LifecycleBody, LifecycleLayer, ResponseFuture};
 
@@ -72,33 +70,6 @@ where
             bytes: change.bytes_allocated as f64 / REQUESTS as f64,
         }
     })
-}
-
-/// `OnEarlyDropLayer` with a no-op callback in both slots (the future and
-/// the body), the cheapest way to use it for what this crate does.
-type EarlyDrop = OnEarlyDropLayer<
-    fn(&Request<()>) -> fn(),
-    OnBodyDropFn<fn(&Request<()>) -> fn(&Parts) -> fn()>,
->;
-
-fn early_drop() -> EarlyDrop {
-    fn noop() {}
-    fn future_drop(_: &Request<()>) -> fn() {
-        noop
-    }
-    fn body_drop(_: &Request<()>) -> fn(&Parts) -> fn() {
-        |_| noop
-    }
-    OnEarlyDropLayer::builder()
-        .on_future_drop(future_drop as fn(&Request<()>) -> fn())
-        .on_body_drop(OnBodyDropFn::new(
-            body_drop as fn(&Request<()>) -> fn(&Parts) -> fn(),
-        ))
-}
-
-/// `TimeoutLayer` answering 503, as `LifecycleLayer::time_limit` does.
-fn timeout() -> TimeoutLayer {
-    TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, LIMIT)
 }
 
 fn future_size<S: Service<Request<()>>>(_: &S) -> usize {

@@ -16,20 +16,18 @@
 
 mod support;
 
-use support::{call, hello, hello_with_hook, LIMIT};
+use support::{call, early_drop, hello, hello_with_hook, timeout, LIMIT};
 
 use std::fmt::Debug;
 
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use http::{response::Parts, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Empty;
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceBuilder};
-use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_lifecycle::LifecycleLayer;
 
@@ -139,33 +137,6 @@ fn overhead(c: &mut Criterion) {
     );
 
     group.finish();
-}
-
-/// `OnEarlyDropLayer` with a no-op callback in both slots (the future and
-/// the body), the cheapest way to use it for what this crate does.
-type EarlyDrop = OnEarlyDropLayer<
-    fn(&Request<()>) -> fn(),
-    OnBodyDropFn<fn(&Request<()>) -> fn(&Parts) -> fn()>,
->;
-
-fn early_drop() -> EarlyDrop {
-    fn noop() {}
-    fn future_drop(_: &Request<()>) -> fn() {
-        noop
-    }
-    fn body_drop(_: &Request<()>) -> fn(&Parts) -> fn() {
-        |_| noop
-    }
-    OnEarlyDropLayer::builder()
-        .on_future_drop(future_drop as fn(&Request<()>) -> fn())
-        .on_body_drop(OnBodyDropFn::new(
-            body_drop as fn(&Request<()>) -> fn(&Parts) -> fn(),
-        ))
-}
-
-/// `TimeoutLayer` answering 503, as `LifecycleLayer::time_limit` does.
-fn timeout() -> TimeoutLayer {
-    TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, LIMIT)
 }
 
 criterion_group!(benches, overhead);

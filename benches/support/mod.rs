@@ -1,5 +1,6 @@
 //! What the overhead and allocation benches share: the handler every
-//! configuration serves, and one request through a service.
+//! configuration serves, one request through a service, and the tower-http
+//! layers they compare with.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -8,10 +9,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{response::Parts, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
+use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_lifecycle::Lifecycle;
 
 /// The time limit of the configurations that set one.
@@ -43,4 +46,31 @@ where
 {
     let response = svc.clone().oneshot(Request::new(())).await.unwrap();
     response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// `OnEarlyDropLayer` with a no-op callback in both slots (the future and
+/// the body), the cheapest way to use it for what this crate does.
+pub type EarlyDrop = OnEarlyDropLayer<
+    fn(&Request<()>) -> fn(),
+    OnBodyDropFn<fn(&Request<()>) -> fn(&Parts) -> fn()>,
+>;
+
+pub fn early_drop() -> EarlyDrop {
+    fn noop() {}
+    fn future_drop(_: &Request<()>) -> fn() {
+        noop
+    }
+    fn body_drop(_: &Request<()>) -> fn(&Parts) -> fn() {
+        |_| noop
+    }
+    OnEarlyDropLayer::builder()
+        .on_future_drop(future_drop as fn(&Request<()>) -> fn())
+        .on_body_drop(OnBodyDropFn::new(
+            body_drop as fn(&Request<()>) -> fn(&Parts) -> fn(),
+        ))
+}
+
+/// `TimeoutLayer` answering 503, as `LifecycleLayer::time_limit` does.
+pub fn timeout() -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, LIMIT)
 }
