@@ -32,6 +32,9 @@
 //! is abandoned. The scenarios are interleaved (one abort of each per
 //! round), so background load spreads over all of them alike.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,10 +49,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 use tower_lifecycle::{ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
@@ -159,24 +160,7 @@ fn start_server(
     let svc = ServiceBuilder::new()
         .layer(layer)
         .service_fn(move |req| handle(probe.clone(), req));
-    rt.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let svc = TowerToHyperService::new(svc.clone());
-                tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        addr
-    })
+    rt.block_on(async move { common::serve(svc).await })
 }
 
 /// The four ways of leaving.
