@@ -21,6 +21,7 @@ use tokio::time::Sleep;
 
 use crate::future::{end_in_drop, Detach, Inner, InnerProj};
 use crate::lifecycle::{End, Shared, WorkGuard};
+use crate::panic;
 use crate::timeout::{
     grpc_deadline_exceeded, grpc_status, poll_deadline, BoxError, TimedOut, GRPC_DEADLINE_EXCEEDED,
 };
@@ -260,8 +261,9 @@ impl<B> fmt::Debug for LifecycleBody<B> {
 }
 
 impl<B> LifecycleBody<B> {
-    /// A reference to the inner body; `None` once it ended by the time
-    /// limit, and for the layer's own timeout response.
+    /// A reference to the inner body; `None` once it ended (returned
+    /// `None` or an error, or was cut by the time limit; it is dropped
+    /// then), and for the layer's own timeout response.
     pub fn get_ref(&self) -> Option<&B> {
         match &self.inner {
             Inner::Inline { future } => Some(future),
@@ -314,8 +316,14 @@ where
             inner => inner.get(),
         };
         *this.polling = true;
+        let panics = panic::count();
         let result = inner.as_mut().poll_frame(cx);
         *this.polling = false;
+        if panic::count() != panics {
+            if let Some(shared) = this.shared.as_deref() {
+                shared.panicked();
+            }
+        }
         match &result {
             Poll::Pending => {
                 let expired = this
@@ -342,6 +350,8 @@ where
                 // armed (and is moved if the deadline changed) next time.
             }
             Poll::Ready(Some(Err(_))) => {
+                // Ended: never poll it again (see `Poll::Ready(None)`).
+                this.inner.set(Inner::Gone);
                 if let Some(shared) = this.shared.take() {
                     shared.response_done(End {
                         body_error: true,
@@ -350,6 +360,12 @@ where
                 }
             }
             Poll::Ready(None) => {
+                // Some wrappers outside poll a body again after its end
+                // (tower-http's `CompressionLayer` does), and many bodies
+                // panic then (a `futures::stream::unfold`): answer `None`
+                // again from here on without asking the inner body, which
+                // is dropped now, so its cleanup runs before the hooks.
+                this.inner.set(Inner::Gone);
                 *this.complete = true;
                 if let Some(shared) = this.shared.take() {
                     shared.response_done(body_end(*this.status, *this.sent, *this.grpc_status));

@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 
 use crate::body::Bodiless;
 use crate::lifecycle::{End, Shared, WorkGuard};
+use crate::panic;
 use crate::timeout::{grpc_status, poll_deadline, timeout_head};
 use crate::LifecycleBody;
 
@@ -87,7 +88,18 @@ pub(crate) fn end_in_drop<T>(
     end: End,
 ) {
     if aborted {
-        if let Some(handle) = shared.abort(inner.is_boxed()) {
+        // A stalled reader: hyper stopped polling (the client stopped
+        // reading, or sent nothing more), so the deadline passed unseen.
+        // The drop is the first chance to record it, and nothing is left
+        // to continue once the limit is over.
+        // (The connection watch will let the layer act on the deadline
+        // while hyper is not polling, and tell a client that left from a
+        // layer outside this one that dropped the future.)
+        let expired = shared.past_deadline();
+        if expired {
+            shared.timed_out();
+        }
+        if let Some(handle) = shared.abort(inner.is_boxed() && !expired) {
             if let (Some(value), Some(guard)) = (inner.as_mut().project().take(), shared.add_work())
             {
                 detach(value, &handle, guard);
@@ -194,8 +206,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         *this.polling = true;
+        let panics = panic::count();
         let result = this.inner.as_mut().project().get().poll(cx);
         *this.polling = false;
+        if panic::count() != panics {
+            // A panic caught inside (CatchPanicLayer's 500, say).
+            if let Some(shared) = this.shared.as_deref() {
+                shared.panicked();
+            }
+        }
         let Poll::Ready(result) = result else {
             let shared = this
                 .shared

@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) max_detached: usize,
     pub(crate) time_limit: Option<Duration>,
     pub(crate) timeout_status: StatusCode,
+    pub(crate) record_caught_panics: bool,
     pub(crate) drain: Arc<DrainState>,
 }
 
@@ -35,6 +36,7 @@ impl Default for Config {
             max_detached: DEFAULT_MAX_DETACHED,
             time_limit: None,
             timeout_status: StatusCode::SERVICE_UNAVAILABLE,
+            record_caught_panics: true,
             drain: Arc::default(),
         }
     }
@@ -204,6 +206,34 @@ impl LifecycleLayer {
         self
     }
 
+    /// Whether building a service from this layer installs the
+    /// process-wide panic hook (default `true`) that lets it record a panic
+    /// caught *inside* it, by tower-http's `CatchPanicLayer` say, in
+    /// [`Completion::panicked`].
+    ///
+    /// A panic that unwinds through this layer is recorded without the hook.
+    /// One that a layer inside catches and turns into a response is not
+    /// visible to this layer in any other way: its `poll` returns the 500
+    /// normally, and axum drops the request (and the
+    /// [`Lifecycle`](crate::Lifecycle) in it) before a handler without
+    /// extractors even runs. The hook counts panics per thread; the layer
+    /// compares the count before and after it calls into the inner service
+    /// or body. It chains to the hook that was installed before it, so the
+    /// default hook still prints the message. See
+    /// [`install_panic_hook`](crate::install_panic_hook) if your program
+    /// sets a panic hook of its own after building the service.
+    ///
+    /// `false` leaves the process's panic hook alone: then a panic caught
+    /// inside the layer is recorded only if a `Lifecycle` handle was dropped
+    /// while it unwound (a handler that took the extractor, say), or if
+    /// another layer or [`install_panic_hook`](crate::install_panic_hook)
+    /// installed the hook. The hook is process-wide; this setting only
+    /// decides whether this layer installs it.
+    pub fn record_caught_panics(mut self, record: bool) -> Self {
+        Arc::make_mut(&mut self.config).record_caught_panics = record;
+        self
+    }
+
     /// A [`Drain`] for graceful shutdown: it counts and waits for every
     /// lifecycle started by services built from this layer or its clones.
     pub fn drain(&self) -> Drain {
@@ -215,6 +245,9 @@ impl<S> Layer<S> for LifecycleLayer {
     type Service = LifecycleService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        if self.config.record_caught_panics {
+            crate::panic::ensure_installed();
+        }
         LifecycleService::from_config(inner, self.config.clone())
     }
 }
@@ -227,6 +260,7 @@ impl fmt::Debug for LifecycleLayer {
             .field("max_detached", &self.config.max_detached)
             .field("time_limit", &self.config.time_limit)
             .field("timeout_status", &self.config.timeout_status)
+            .field("record_caught_panics", &self.config.record_caught_panics)
             .finish()
     }
 }

@@ -429,6 +429,12 @@ impl Shared {
         }
     }
 
+    /// A panic unwound through, or was caught inside, the request's
+    /// processing.
+    pub(crate) fn panicked(&self) {
+        self.set(PANICKED);
+    }
+
     /// The time limit expired.
     pub(crate) fn timed_out(&self) {
         self.set(ConnectionStatus::TIMEOUT.bits());

@@ -11,6 +11,7 @@ use crate::body::Bodiless;
 use crate::future::{detach_handler, Inner};
 use crate::layer::{Config, LifecycleLayer};
 use crate::lifecycle::{End, Shared};
+use crate::panic;
 use crate::timeout::{grpc_timeout, is_grpc};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 
@@ -86,7 +87,15 @@ where
         });
         // Ends the lifecycle (panicked) should the inner `call` panic.
         let guard = CallGuard(Some(shared));
-        let inner = Inner::new(self.inner.call(req), self.config.max_detached > 0);
+        let panics = panic::count();
+        let future = self.inner.call(req);
+        if panic::count() != panics {
+            // A panic caught inside the inner `call` (CatchPanicLayer).
+            if let Some(shared) = &guard.0 {
+                shared.panicked();
+            }
+        }
+        let inner = Inner::new(future, self.config.max_detached > 0);
         ResponseFuture::new(
             inner,
             guard.disarm(),
