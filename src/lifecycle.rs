@@ -373,6 +373,8 @@ impl Shared {
 
     pub(crate) fn status(&self) -> ConnectionStatus {
         let bits = self.bits.load(Ordering::Acquire) & STATUS_BITS;
+        #[cfg(test)]
+        seam::after_status_read();
         ConnectionStatus::from_bits(bits).unwrap_or(ConnectionStatus::NORMAL)
     }
 
@@ -754,5 +756,76 @@ impl Drop for WorkGuard {
             let phase = (!self.cancelled_by_abort).then_some(Phase::Continued);
             shared.done_one(phase);
         }
+    }
+}
+
+/// A test seam: lets a test run code right after the status was read, the
+/// one moment where another thread's abort would race a waiter.
+#[cfg(test)]
+mod seam {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static AFTER_STATUS_READ: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// Runs `f` the next time this thread reads a status.
+    pub(super) fn once_after_status_read(f: impl FnOnce() + 'static) {
+        AFTER_STATUS_READ.with(|seam| *seam.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn after_status_read() {
+        if let Some(f) = AFTER_STATUS_READ.with(|seam| seam.borrow_mut().take()) {
+            f();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::{seam, Lifecycle, Shared};
+
+    /// An abort that lands between `aborted()` reading the status and
+    /// waiting must still wake it: the waiter registers before it reads.
+    #[test]
+    fn an_abort_right_after_the_status_read_still_wakes_aborted() {
+        let shared = Arc::new(Shared::new(Default::default(), None));
+        let lifecycle = Lifecycle {
+            shared: shared.clone(),
+        };
+        let mut aborted = pin!(lifecycle.aborted());
+        seam::once_after_status_read(move || {
+            shared.abort(false);
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            aborted.as_mut().poll(&mut cx),
+            Poll::Ready(()),
+            "the abort between the status read and the wait was lost"
+        );
+    }
+
+    /// Once aborted, `aborted()` resolves at once, and any number of
+    /// waiters resolve.
+    #[test]
+    fn aborted_resolves_for_every_waiter() {
+        let shared = Arc::new(Shared::new(Default::default(), None));
+        let lifecycle = Lifecycle {
+            shared: shared.clone(),
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = pin!(lifecycle.aborted());
+        let mut second = pin!(lifecycle.aborted());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        shared.abort(false);
+        assert!(first.as_mut().poll(&mut cx).is_ready());
+        assert!(second.as_mut().poll(&mut cx).is_ready());
+        assert!(pin!(lifecycle.aborted()).poll(&mut cx).is_ready());
     }
 }
