@@ -101,8 +101,16 @@ impl Completion {
     /// continued work ([`spawn`](crate::Lifecycle::spawn),
     /// [`after_response`](crate::Lifecycle::after_response), a detached
     /// handler or body) panicked, or code holding the request's
-    /// [`Lifecycle`](crate::Lifecycle) panicked (which is how a panic caught further in, for example by
-    /// tower-http's `CatchPanicLayer`, is still seen here).
+    /// [`Lifecycle`](crate::Lifecycle) panicked.
+    ///
+    /// A panic caught *inside* the layer, by tower-http's `CatchPanicLayer`
+    /// turning it into a 500 say, counts too, with or without the
+    /// extractor: the layer notices a panic that started while it was
+    /// calling into the inner service or body on that thread (see
+    /// [`LifecycleLayer::record_caught_panics`](crate::LifecycleLayer::record_caught_panics)).
+    /// A panic that code inside the handler caught itself with
+    /// `catch_unwind` counts as well: it still unwound through part of the
+    /// request's processing.
     ///
     /// A panic is a server-side failure, not a client abort: it does not
     /// set [`ABORTED`](ConnectionStatus::ABORTED).

@@ -49,6 +49,21 @@ impl Default for Config {
 /// Clones of a layer share one [`Drain`] and one
 /// [`max_detached`](Self::max_detached) budget.
 ///
+/// # Where it goes
+///
+/// Outside every layer that can end a request on its own. The layer learns
+/// that the client left when the server drops the response future or body
+/// early; a layer outside it that drops them (tower-http's `TimeoutLayer`
+/// answering 408, say) is indistinguishable from a client that left, and its
+/// requests are reported [`ABORTED`](crate::ConnectionStatus::ABORTED). Use
+/// [`time_limit`](Self::time_limit) instead of `TimeoutLayer`: it reports
+/// `TIMEOUT` and covers the body too. Layers that only pass the response
+/// on (tracing, CORS, compression) may sit on either side; tower-http's
+/// `CompressionLayer` is better *outside* this one, which then shields the
+/// handler's body from compression polling it again after its end (a
+/// `futures::stream::unfold` body panics then). In axum, the last
+/// `.layer(..)` call is the outermost.
+///
 /// See the [crate documentation](crate) for what happens when.
 ///
 /// # Example
@@ -170,7 +185,8 @@ impl LifecycleLayer {
     /// The timer is armed lazily: a handler that is ready on its first poll
     /// and a body that never makes hyper wait pay for no timer. A body hyper
     /// is not polling (the client is not reading, so the socket is full)
-    /// notices the limit at its next poll.
+    /// notices the limit at its next poll; if the client leaves first, the
+    /// drop past the deadline records both: `aborted|timeout` (3).
     ///
     /// # Panics
     ///

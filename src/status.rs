@@ -34,6 +34,15 @@ impl ConnectionStatus {
     pub const NORMAL: Self = Self(0);
     /// The client left before the response was handed over completely.
     /// PHP's `CONNECTION_ABORTED` (1).
+    ///
+    /// What the layer sees is the server dropping the response future
+    /// before the head, or the body before it was complete; hyper does that
+    /// when the client left. A layer *outside* this one that drops them on
+    /// its own, such as tower-http's `TimeoutLayer`, looks exactly the same,
+    /// so put [`LifecycleLayer`](crate::LifecycleLayer) outside every layer
+    /// that can end a request by itself, and use its
+    /// [`time_limit`](crate::LifecycleLayer::time_limit) instead of
+    /// `TimeoutLayer`.
     pub const ABORTED: Self = Self(1);
     /// The request's time limit expired. PHP's `CONNECTION_TIMEOUT` (2).
     pub const TIMEOUT: Self = Self(2);
