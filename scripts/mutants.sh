@@ -21,7 +21,7 @@ command -v cargo-mutants >/dev/null || {
 
 suites=(--lib)
 for t in abort body_model continued grpc ignore_abort matrix no_false_abort \
-  progress_stream real_stacks state time_limit; do
+  panic_hook progress_stream real_stacks state time_limit; do
   suites+=(--test "$t")
 done
 

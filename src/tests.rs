@@ -553,54 +553,106 @@ async fn a_hook_registered_after_the_end_runs_at_once_with_the_final_completion(
 
 #[tokio::test]
 async fn every_path_runs_each_hook_exactly_once() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer_calls = Arc::new(AtomicUsize::new(0));
-    let lc = layer_calls.clone();
-    let layer = LifecycleLayer::new().on_complete(move |_| {
-        lc.fetch_add(1, Ordering::SeqCst);
-    });
-    let c = calls.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let calls = c.clone();
-            async move {
-                lifecycle.on_shutdown(move |_| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                });
-                if req.uri() == "/pending" {
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"])))
+    let seen = Seen::default();
+    // Every call of the requests' own hook, in order.
+    let hooked: Arc<Mutex<Vec<Completion>>> = Arc::default();
+    let h = hooked.clone();
+    let svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let hooked = h.clone();
+        async move {
+            lifecycle.on_shutdown(move |c| hooked.lock().unwrap().push(c.clone()));
+            // No exact size hint: only `None` (or an error) completes it.
+            let mut body = Chunks::new(&["ab", "cd", "ef"]);
+            match req.uri().path() {
+                "/pending" => std::future::pending().await,
+                "/error" => body.fail_after = Some(1),
+                _ => {}
             }
-        });
-    // normal
-    let res = svc.clone().oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+            Ok::<_, Infallible>(Response::new(body))
+        }
+    });
+    let get = |path: &str| Request::get(path).body(()).unwrap();
+    // Asserts that the hook and `on_complete` each ran exactly `n` times,
+    // and returns the completion both saw last.
+    let ran = |n: usize, path: &str| {
+        let hooks = hooked.lock().unwrap().clone();
+        let all = seen.all();
+        assert_eq!(
+            hooks.len(),
+            n,
+            "{path}: the request's hook calls: {hooks:?}"
+        );
+        assert_eq!(all.len(), n, "{path}: on_complete calls: {all:?}");
+        assert_eq!(hooks[n - 1], all[n - 1], "{path}: both saw one completion");
+        all[n - 1].clone()
+    };
+
+    // normal: read to the end
+    let res = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "abcdef"
+    );
+    let c = ran(1, "normal");
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::NORMAL, Phase::Body)
+    );
+    assert_eq!(c.bytes_sent(), 6);
+    assert!(!c.body_error());
+
     // dropped after the head, before any frame
-    drop(svc.clone().oneshot(Request::new(())).await.unwrap());
-    // dropped mid-body, after the end was polled twice more (None twice)
-    let mut body = svc
-        .clone()
-        .oneshot(Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
-    while let Poll::Ready(Some(_)) = poll_once(&mut body) {}
-    assert!(matches!(poll_once(&mut body), Poll::Ready(None)));
+    drop(svc.clone().oneshot(get("/")).await.unwrap());
+    let c = ran(2, "dropped after the head");
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::ABORTED, Phase::Body)
+    );
+    assert_eq!(c.bytes_sent(), 0);
+    assert!(!c.body_error());
+
+    // dropped mid-body: after one frame of three
+    let mut body = svc.clone().oneshot(get("/")).await.unwrap().into_body();
+    assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
+    assert_eq!(seen.all().len(), 2, "nothing ends while the body is alive");
     drop(body);
+    let c = ran(3, "dropped mid-body");
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::ABORTED, Phase::Body)
+    );
+    assert_eq!(c.bytes_sent(), 2);
+    assert!(!c.body_error());
+
     // dropped before the head, while the handler waits
-    let req = Request::get("/pending").body(()).unwrap();
-    let mut fut = Box::pin(svc.clone().oneshot(req));
+    let mut fut = Box::pin(svc.clone().oneshot(get("/pending")));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
-    // a body error
-    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
-    drop(body.frame().await);
+    let c = ran(4, "dropped before the head");
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::ABORTED, Phase::Handler)
+    );
+    assert_eq!(c.response_status(), None);
+
+    // a body error after one frame: ends at the error, not at the drop
+    let mut body = svc.oneshot(get("/error")).await.unwrap().into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "ab"
+    );
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "body failed");
+    let c = ran(5, "body error");
     drop(body);
-    assert_eq!(calls.load(Ordering::SeqCst), 5);
-    assert_eq!(layer_calls.load(Ordering::SeqCst), 5);
+    assert_eq!(ran(5, "body error, then dropped"), c);
+    assert_eq!(
+        (c.status(), c.phase()),
+        (ConnectionStatus::NORMAL, Phase::Body)
+    );
+    assert_eq!(c.bytes_sent(), 2);
+    assert!(c.body_error());
 }
 
 // ---- panics ----
@@ -847,17 +899,40 @@ async fn the_body_forwards_size_hint_end_of_stream_and_trailers() {
 fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
+    fn assert_send_static<T: Send + 'static>(_: &T) {}
+    /// The body of the response a service future resolves to is `Send`.
+    fn assert_send_body<F, B, E>(_: &F)
+    where
+        F: std::future::Future<Output = Result<Response<B>, E>>,
+        B: Send + 'static,
+    {
+    }
     send_sync::<Lifecycle>();
     send_sync::<Completion>();
     send_sync::<LifecycleLayer>();
     send_sync::<crate::LifecycleService<()>>();
-    send::<crate::ResponseFuture<std::future::Ready<()>>>();
     send_sync::<crate::LifecycleBody<Full<Bytes>>>();
+    // A streaming body that is `Send` but not `Sync`, like axum's.
+    type Unsync = http_body_util::combinators::UnsyncBoxBody<Bytes, crate::BoxError>;
+    send::<crate::LifecycleBody<Unsync>>();
+
+    // A real service future: an async handler that awaits before it answers
+    // with a channel-fed body.
+    let mut svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(|_req: Request<()>| async {
+            tokio::task::yield_now().await;
+            let (_tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            Ok::<_, Infallible>(Response::new(body))
+        });
+    let fut: crate::ResponseFuture<_> = svc.call(Request::new(()));
+    assert_send_static(&fut);
+    assert_send_body(&fut);
+
     let lifecycle = Lifecycle {
         shared: Arc::new(crate::lifecycle::Shared::new(Default::default(), None)),
     };
-    send::<Box<dyn std::future::Future<Output = ()> + Send>>();
-    let _aborted: Box<dyn std::future::Future<Output = ()> + Send> = Box::new(lifecycle.aborted());
+    assert_send_static(&lifecycle.aborted());
 }
 
 #[cfg(feature = "axum")]
@@ -1817,15 +1892,20 @@ async fn a_lifecycle_used_after_its_request_ended_behaves_as_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_hook_delays_only_its_own_request() {
     let seen = Seen::default();
-    let gate = Arc::new(std::sync::Barrier::new(2));
-    let g = gate.clone();
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+    let entered_tx = Arc::new(Mutex::new(Some(entered_tx)));
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
     let svc = seen.service(move |req: Request<()>| {
         let lifecycle = lifecycle_of(&req);
         if req.uri() == "/blocking" {
-            let g = g.clone();
-            // A hook that blocks its thread until the test lets it go.
+            let entered = entered_tx.lock().unwrap().take().unwrap();
+            let release = release_rx.lock().unwrap().take().unwrap();
+            // A hook that says it started, then blocks its thread until the
+            // test lets it go (bounded, so a failing test does not hang).
             lifecycle.on_shutdown(move |_| {
-                g.wait();
+                let _ = entered.send(());
+                let _ = release.recv_timeout(WAIT);
             });
         }
         std::future::ready(Ok::<_, Infallible>(full("x")))
@@ -1842,15 +1922,21 @@ async fn a_blocking_hook_delays_only_its_own_request() {
             })
         }
     });
-    // Another request completes while the first one's hook blocks.
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
-    assert_eq!(
-        seen.all().len(),
-        1,
-        "the other request ended; the blocked one not yet"
-    );
-    gate.wait();
+    tokio::time::timeout(WAIT, entered_rx)
+        .await
+        .expect("the blocking hook starts")
+        .unwrap();
+    // Another request, in a task of its own: should the blocked hook hold
+    // it up too, the wait below fails instead of the test hanging.
+    let other = tokio::spawn(async move {
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    });
+    let ended = seen.wait_for(1).await;
+    assert_eq!(ended.len(), 1, "only the other request ended: {ended:?}");
+    assert!(!blocked.is_finished(), "the hook is still blocked");
+    tokio::time::timeout(WAIT, other).await.unwrap().unwrap();
+    release_tx.send(()).unwrap();
     tokio::time::timeout(WAIT, blocked).await.unwrap().unwrap();
     assert_eq!(seen.wait_for(2).await.len(), 2);
 }

@@ -9,9 +9,11 @@
 //! completion must arrive per request, in request order.
 //!
 //! The same cases are then served through tower-http's `OnEarlyDropLayer`
-//! instead, and whether it reported an early drop is asserted as observed
-//! today: a comparison, so a change in tower-http's (or hyper's) behaviour
-//! fails the test. Run with `--nocapture` to see the comparison table.
+//! instead, and whether it reported an early drop is printed next to our
+//! layer's status in a comparison table. tower-http's column is printed,
+//! not asserted: its classification may change (be fixed) without this
+//! crate being wrong; only our layer's is asserted. Run with `--nocapture`
+//! to see the table.
 
 mod common;
 
@@ -69,8 +71,6 @@ struct Case {
     protocol_error: [bool; 2],
     /// `Completion::bytes_sent`.
     bytes_sent: [u64; 2],
-    /// Whether tower-http's `OnEarlyDropLayer` reports an early drop.
-    tower_http_early_drop: [bool; 2],
 }
 
 const AXUM_BODY: &str = "hello from axum";
@@ -87,7 +87,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [13, 13],
-        tower_http_early_drop: [false, false],
     },
     Case {
         name: "full",
@@ -99,7 +98,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [9, 9],
-        tower_http_early_drop: [true, true],
     },
     Case {
         name: "exact-size-hint",
@@ -111,7 +109,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [10, 10],
-        tower_http_early_drop: [true, false],
     },
     Case {
         name: "end-stream",
@@ -123,7 +120,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [11, 11],
-        tower_http_early_drop: [true, true],
     },
     Case {
         name: "content-length",
@@ -135,7 +131,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [18, 18],
-        tower_http_early_drop: [true, false],
     },
     Case {
         name: "head",
@@ -147,7 +142,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, true],
         bytes_sent: [0, 9],
-        tower_http_early_drop: [true, false],
     },
     Case {
         name: "axum-get",
@@ -159,7 +153,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [15, 15],
-        tower_http_early_drop: [true, true],
     },
     Case {
         name: "axum-head",
@@ -171,7 +164,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [0, 0],
-        tower_http_early_drop: [true, true],
     },
     Case {
         name: "204",
@@ -183,7 +175,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [0, 0],
-        tower_http_early_drop: [true, false],
     },
     Case {
         name: "304",
@@ -195,7 +186,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [0, 0],
-        tower_http_early_drop: [true, false],
     },
     Case {
         name: "empty",
@@ -207,7 +197,6 @@ const CASES: &[Case] = &[
         trailers: [false, false],
         protocol_error: [false, false],
         bytes_sent: [0, 0],
-        tower_http_early_drop: [false, false],
     },
     Case {
         name: "trailers",
@@ -219,7 +208,6 @@ const CASES: &[Case] = &[
         trailers: [true, true],
         protocol_error: [false, false],
         bytes_sent: [13, 13],
-        tower_http_early_drop: [true, true],
     },
 ];
 
@@ -678,15 +666,10 @@ impl Observer for Reports {
     /// The number of early drops tower-http reported for the request.
     type Outcome = usize;
 
-    async fn observe(&mut self, case: &Case, proto: Proto) -> usize {
+    async fn observe(&mut self, case: &Case, _proto: Proto) -> usize {
         let req = case.request();
         let request = request_id(req.method(), req.uri());
         let future = self.next(&request, Slot::Future).await;
-        assert!(
-            !future.early_drop,
-            "{} over {proto:?}: {future:?}",
-            case.name
-        );
         let body = self.next(&request, Slot::Body).await;
         usize::from(future.early_drop) + usize::from(body.early_drop)
     }
@@ -722,8 +705,8 @@ async fn no_false_abort_over_http2() {
 }
 
 /// The same cases through tower-http's `OnEarlyDropLayer`: prints the
-/// comparison table and asserts tower-http's early-drop reports as they are
-/// today.
+/// comparison table. Only our layer's completions are asserted (by
+/// `lifecycle_run`); tower-http's early drops are printed, not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compared_with_tower_http_on_early_drop() {
     let mut tower_http = Vec::new();
@@ -739,7 +722,9 @@ async fn compared_with_tower_http_on_early_drop() {
         n => format!("**{n} early drops**"),
     };
     let mut table = String::from(
-        "| case | HTTP/1.1 tower-http | HTTP/2 tower-http | tower-lifecycle |\n| --- | --- | --- | --- |\n",
+        "| case | tower-http on_early_drop, HTTP/1.1 (printed, not asserted) \
+         | tower-http on_early_drop, HTTP/2 (printed, not asserted) \
+         | tower-lifecycle (asserted) |\n| --- | --- | --- | --- |\n",
     );
     for (i, case) in CASES.iter().enumerate() {
         let ours = if lifecycle[0][i] == lifecycle[1][i] {
@@ -757,19 +742,6 @@ async fn compared_with_tower_http_on_early_drop() {
         .unwrap();
     }
     println!("{table}");
-
-    for proto in BOTH {
-        let expected: Vec<usize> = CASES
-            .iter()
-            .map(|case| usize::from(case.tower_http_early_drop[column(proto)]))
-            .collect();
-        assert_eq!(
-            tower_http[column(proto)],
-            expected,
-            "tower-http early drops over {proto:?} changed (cases: {:?})",
-            CASES.iter().map(|c| c.name).collect::<Vec<_>>()
-        );
-    }
 }
 
 /// hyper sends no body with a 2xx answer to CONNECT over HTTP/1.1 (the

@@ -164,3 +164,73 @@ async fn spawned_work_continues_under_ignore_abort_when_the_body_is_inline() {
     assert!(c.continued(), "{c:?}");
     assert_eq!(c.phase(), Phase::Continued);
 }
+
+/// A body that panics inside its first poll and catches the panic itself,
+/// then ends.
+struct CatchesItsOwnPanic(bool);
+
+impl Body for CatchesItsOwnPanic {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Ready(None);
+        }
+        let caught = std::panic::catch_unwind(|| panic!("caught inside the body"));
+        assert!(caught.is_err());
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"ok")))))
+    }
+}
+
+#[tokio::test]
+async fn a_panic_caught_inside_the_call_or_the_body_is_recorded() {
+    // In the inner service's `call`: CatchPanicLayer catches it there too.
+    let (lifecycle, mut done) = layer();
+    let svc = ServiceBuilder::new()
+        .layer(lifecycle)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .service_fn(
+            |_: Request<()>| -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+                panic!("in call")
+            },
+        );
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    res.into_body().collect().await.unwrap();
+    assert!(done.next().await.panicked(), "a panic caught in call");
+
+    // In the body's `poll_frame`.
+    let (lifecycle, mut done) = layer();
+    let svc = ServiceBuilder::new()
+        .layer(lifecycle)
+        .service_fn(|_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(CatchesItsOwnPanic(
+                false,
+            ))))
+        });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let c = done.next().await;
+    assert!(c.panicked(), "a panic caught in the body");
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
+
+    // And none: not marked.
+    let (lifecycle, mut done) = layer();
+    let svc = ServiceBuilder::new()
+        .layer(lifecycle)
+        .service_fn(|_: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("x"))))
+        });
+    svc.oneshot(Request::new(()))
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert!(!done.next().await.panicked());
+}
