@@ -15,16 +15,13 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::completion::Phase;
-use tokio::runtime::Handle;
 
-use tokio::time::Sleep;
-
-use crate::future::{end_in_drop, Detach, Inner, InnerProj};
-use crate::lifecycle::{End, Shared, WorkGuard};
+use crate::continuation::{continue_body, end_in_drop, Detach, Inner, InnerProj};
+use crate::deadline::Timer;
+use crate::grpc;
 use crate::panic;
-use crate::timeout::{
-    grpc_deadline_exceeded, grpc_status, poll_deadline, BoxError, TimedOut, GRPC_DEADLINE_EXCEEDED,
-};
+use crate::state::{End, Shared};
+use crate::{BoxError, TimedOut};
 
 pin_project! {
     /// Response body of [`LifecycleService`](crate::LifecycleService).
@@ -77,7 +74,7 @@ pin_project! {
     pub struct LifecycleBody<B> {
         #[pin]
         inner: Inner<B>,
-        sleep: Option<Pin<Box<Sleep>>>,
+        timer: Timer,
         shared: Option<Arc<Shared>>,
         drain: Detach<B>,
         status: StatusCode,
@@ -105,40 +102,6 @@ pin_project! {
             end_in_drop(shared, this.inner, *this.drain, !*this.complete && !panicked, end);
         }
     }
-}
-
-/// The [`Detach`] of a body: polls it to its end, discarding frames, unless
-/// a shutdown cancels it.
-fn drain_body<B>(body: Pin<Box<B>>, handle: &Handle, guard: WorkGuard)
-where
-    B: Body + Send + 'static,
-{
-    let work = async move {
-        let mut body = body;
-        let mut drained: u64 = 0;
-        loop {
-            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        drained += data.remaining() as u64;
-                    }
-                }
-                Some(Err(_)) => {
-                    tracing::debug!(
-                        drained,
-                        "tower_lifecycle: a body drained after its client left failed"
-                    );
-                    return;
-                }
-                None => break,
-            }
-        }
-        tracing::debug!(
-            drained,
-            "tower_lifecycle: drained a body to its end after its client left"
-        );
-    };
-    guard.spawn(handle, work, None);
 }
 
 /// Requests whose response hyper sends without a body (RFC 9110 §6.4.1).
@@ -208,16 +171,16 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             // Only a body whose length is open can have a producer that
             // draining keeps alive; `Full` and the like stay inline.
             inner: Inner::new(inner, boxed),
-            sleep: None,
+            timer: Timer::default(),
             shared: Some(shared),
-            drain: drain_body::<B>,
+            drain: continue_body::<B>,
             status,
             sent: 0,
             expected,
             complete,
             grpc,
             grpc_status: if grpc {
-                grpc_status(&parts.headers)
+                grpc::status(&parts.headers)
             } else {
                 None
             },
@@ -234,9 +197,9 @@ impl<B> LifecycleBody<B> {
     {
         LifecycleBody {
             inner: Inner::Gone,
-            sleep: None,
+            timer: Timer::default(),
             shared: None,
-            drain: drain_body::<B>,
+            drain: continue_body::<B>,
             status,
             sent: 0,
             expected: Some(0),
@@ -281,7 +244,7 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
     let mut inner = this.inner;
     inner.set(Inner::Gone);
     if *this.grpc {
-        *this.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
+        *this.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
     }
     if let Some(shared) = this.shared.take() {
         shared.timed_out();
@@ -289,7 +252,9 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
     }
     if *this.grpc {
         *this.complete = true;
-        return Poll::Ready(Some(Ok(Frame::trailers(grpc_deadline_exceeded()))));
+        return Poll::Ready(Some(Ok(
+            Frame::trailers(grpc::deadline_exceeded_trailers()),
+        )));
     }
     Poll::Ready(Some(Err(Box::new(TimedOut))))
 }
@@ -308,7 +273,11 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         // A body that is always ready must not outrun the limit either.
-        if this.shared.as_deref().is_some_and(Shared::past_deadline) {
+        if this
+            .shared
+            .as_deref()
+            .is_some_and(|shared| shared.time_limit().passed())
+        {
             return expire(this);
         }
         let mut inner = match this.inner.as_mut().project() {
@@ -329,7 +298,7 @@ where
                 let expired = this
                     .shared
                     .as_deref()
-                    .is_some_and(|shared| poll_deadline(this.sleep, shared, cx));
+                    .is_some_and(|shared| this.timer.poll(shared.time_limit(), cx));
                 if expired {
                     return expire(this);
                 }
@@ -340,7 +309,7 @@ where
                 } else if let Some(trailers) = frame.trailers_ref() {
                     *this.complete = true;
                     if *this.grpc {
-                        *this.grpc_status = grpc_status(trailers).or(*this.grpc_status);
+                        *this.grpc_status = grpc::status(trailers).or(*this.grpc_status);
                     }
                 }
                 if this.expected.is_some_and(|n| *this.sent >= n) || inner.is_end_stream() {

@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::lifecycle::Shared;
+use crate::state::Shared;
 use crate::Completion;
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -30,9 +30,6 @@ pub(crate) enum Hook {
     Sync(Box<dyn FnOnce(&Completion) + Send + 'static>),
     Async(Box<dyn FnOnce(Completion) -> BoxFuture + Send + 'static>),
 }
-
-/// The layer-wide hook, run after every request's own hooks.
-pub(crate) type OnComplete = Arc<dyn Fn(&Completion) + Send + Sync + 'static>;
 
 /// What is left to run of one lifecycle's hooks.
 pub(crate) struct Chain {

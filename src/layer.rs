@@ -8,39 +8,8 @@ use http::StatusCode;
 
 use tower_layer::Layer;
 
-use crate::drain::DrainState;
-use crate::hooks::OnComplete;
+use crate::config::Config;
 use crate::{Completion, Drain, LifecycleService};
-
-/// How many aborted requests may keep running at once by default: see
-/// [`LifecycleLayer::max_detached`].
-pub const DEFAULT_MAX_DETACHED: usize = 256;
-
-/// Layer-wide settings, shared by every request.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) on_complete: Option<OnComplete>,
-    pub(crate) ignore_abort: bool,
-    pub(crate) max_detached: usize,
-    pub(crate) time_limit: Option<Duration>,
-    pub(crate) timeout_status: StatusCode,
-    pub(crate) record_caught_panics: bool,
-    pub(crate) drain: Arc<DrainState>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            on_complete: None,
-            ignore_abort: false,
-            max_detached: DEFAULT_MAX_DETACHED,
-            time_limit: None,
-            timeout_status: StatusCode::SERVICE_UNAVAILABLE,
-            record_caught_panics: true,
-            drain: Arc::default(),
-        }
-    }
-}
 
 /// Applies [`LifecycleService`] to a service: every request gets a
 /// [`Lifecycle`](crate::Lifecycle) handle in its extensions and a response
@@ -88,7 +57,7 @@ pub struct LifecycleLayer {
 
 impl LifecycleLayer {
     /// A layer with the defaults: no layer-wide hook, ignore-abort off,
-    /// at most [`DEFAULT_MAX_DETACHED`] detached requests.
+    /// at most [`DEFAULT_MAX_DETACHED`](crate::DEFAULT_MAX_DETACHED) detached requests.
     pub fn new() -> Self {
         Self::default()
     }
@@ -130,7 +99,7 @@ impl LifecycleLayer {
     }
 
     /// How many aborted requests may keep running at once under
-    /// ignore-abort (default [`DEFAULT_MAX_DETACHED`], 256).
+    /// ignore-abort (default [`DEFAULT_MAX_DETACHED`](crate::DEFAULT_MAX_DETACHED), 256).
     ///
     /// Ignore-abort lets a client start work and leave; without a bound, a
     /// client that does that in a loop piles up work the server can no

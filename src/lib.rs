@@ -291,15 +291,20 @@
 
 mod body;
 mod completion;
+mod config;
+mod continuation;
+mod deadline;
 mod drain;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
+mod grpc;
 mod hooks;
 mod layer;
 mod lifecycle;
 mod panic;
 mod service;
+mod state;
 mod status;
 mod streaming;
 mod timeout;
@@ -309,15 +314,20 @@ mod tests;
 
 pub use crate::body::LifecycleBody;
 pub use crate::completion::{Completion, Phase};
+pub use crate::config::DEFAULT_MAX_DETACHED;
 pub use crate::drain::{Drain, ShutdownReport};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::MissingLifecycle;
 pub use crate::future::ResponseFuture;
-pub use crate::layer::{LifecycleLayer, DEFAULT_MAX_DETACHED};
+pub use crate::layer::LifecycleLayer;
 pub use crate::lifecycle::Lifecycle;
 pub use crate::panic::install_panic_hook;
 pub use crate::service::LifecycleService;
 pub use crate::status::ConnectionStatus;
 pub use crate::streaming::no_buffering;
-pub use crate::timeout::{BoxError, TimedOut};
+pub use crate::timeout::TimedOut;
+
+/// The error type of [`LifecycleBody`]: the inner body's error, or
+/// [`TimedOut`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

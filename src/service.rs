@@ -8,11 +8,12 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::Bodiless;
-use crate::future::{detach_handler, Inner};
-use crate::layer::{Config, LifecycleLayer};
-use crate::lifecycle::{End, Shared};
+use crate::config::Config;
+use crate::continuation::{detach_handler, Inner};
+use crate::grpc;
+use crate::layer::LifecycleLayer;
 use crate::panic;
-use crate::timeout::{grpc_timeout, is_grpc};
+use crate::state::{End, Shared};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 
 /// Middleware that tracks every request's connection lifecycle.
@@ -74,13 +75,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(req.headers());
-        let grpc_timeout = if grpc {
-            grpc_timeout(req.headers())
+        let grpc = grpc::is_grpc(req.headers());
+        let grpc_cap = if grpc {
+            grpc::deadline_cap(req.headers())
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(self.config.clone(), grpc_timeout));
+        let shared = Arc::new(Shared::new(self.config.clone(), grpc_cap));
         let bodiless = Bodiless::of(req.method());
         req.extensions_mut().insert(Lifecycle {
             shared: shared.clone(),

@@ -930,7 +930,7 @@ fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
     assert_send_body(&fut);
 
     let lifecycle = Lifecycle {
-        shared: Arc::new(crate::lifecycle::Shared::new(Default::default(), None)),
+        shared: Arc::new(crate::state::Shared::new(Default::default(), None)),
     };
     assert_send_static(&lifecycle.aborted());
 }

@@ -1,0 +1,43 @@
+//! What the layer hands every request: its settings ([`Config`]) and the
+//! layer-wide hook ([`OnComplete`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::drain::DrainState;
+use crate::Completion;
+
+/// The layer-wide hook, run after every request's own hooks.
+pub(crate) type OnComplete = Arc<dyn Fn(&Completion) + Send + Sync + 'static>;
+
+/// How many aborted requests may keep running at once by default: see
+/// [`LifecycleLayer::max_detached`](crate::LifecycleLayer::max_detached).
+pub const DEFAULT_MAX_DETACHED: usize = 256;
+
+/// Layer-wide settings, shared by every request.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) on_complete: Option<OnComplete>,
+    pub(crate) ignore_abort: bool,
+    pub(crate) max_detached: usize,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) timeout_status: StatusCode,
+    pub(crate) record_caught_panics: bool,
+    pub(crate) drain: Arc<DrainState>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            on_complete: None,
+            ignore_abort: false,
+            max_detached: DEFAULT_MAX_DETACHED,
+            time_limit: None,
+            timeout_status: StatusCode::SERVICE_UNAVAILABLE,
+            record_caught_panics: true,
+            drain: Arc::default(),
+        }
+    }
+}

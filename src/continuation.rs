@@ -1,0 +1,380 @@
+//! Keeping a request's work alive after its client left (ignore-abort),
+//! and the other work that outlives the response side: one word for all of
+//! it, *continued* work.
+//!
+//! - [`Inner`] holds the handler's future or the body, inline or boxed so
+//!   that it can be moved into a task;
+//! - [`end_in_drop`] is how the response future and body end when they are
+//!   dropped: an abort, then, by the ignore-abort policy read at that
+//!   moment, the inner value continues in a task ([`Detach`]) or is
+//!   dropped;
+//! - [`WorkGuard`] counts one piece of continued work in the request's
+//!   state and runs it, cancelled by the client's abort (spawned work
+//!   without ignore-abort), the time limit, or a shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Buf;
+use http::Response;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::completion::Phase;
+use crate::hooks::BoxFuture;
+use crate::state::{End, Shared, IGNORE_ABORT, PANICKED};
+use crate::ConnectionStatus;
+
+pin_project! {
+    /// The inner future, inline, or boxed so that it can be moved into a
+    /// task when it must outlive the client.
+    #[project = InnerProj]
+    pub(crate) enum Inner<F> {
+        Inline { #[pin] future: F },
+        Boxed { future: Option<Pin<Box<F>>> },
+        // Dropped early, so that its own cleanup runs before the hooks.
+        Gone,
+    }
+}
+
+impl<F> Inner<F> {
+    /// Whether the inner value can be moved into a task.
+    pub(crate) fn is_boxed(&self) -> bool {
+        matches!(self, Inner::Boxed { future: Some(_) })
+    }
+
+    pub(crate) fn new(future: F, boxed: bool) -> Self {
+        if boxed {
+            Inner::Boxed {
+                future: Some(Box::pin(future)),
+            }
+        } else {
+            Inner::Inline { future }
+        }
+    }
+}
+
+impl<'a, F> InnerProj<'a, F> {
+    /// The inner value, pinned, whichever way it is stored.
+    pub(crate) fn get(self) -> Pin<&'a mut F> {
+        match self {
+            InnerProj::Inline { future } => future,
+            InnerProj::Boxed { future } => future
+                .as_mut()
+                .expect("used after it was detached")
+                .as_mut(),
+            InnerProj::Gone => panic!("used after it was dropped"),
+        }
+    }
+
+    /// Takes a boxed inner value out (to move it into a task).
+    pub(crate) fn take(self) -> Option<Pin<Box<F>>> {
+        match self {
+            InnerProj::Inline { .. } | InnerProj::Gone => None,
+            InnerProj::Boxed { future } => future.take(),
+        }
+    }
+}
+
+/// Runs an inner value (a handler's future, a body) to its end in a task.
+///
+/// A function pointer, not a trait bound on the future or body: the
+/// bounds it needs (`Send + 'static`, `Future<Output = Result<Response<B>,
+/// E>>` or `Body`) are only known where the service is built, and a plain
+/// `fn` lets [`ResponseFuture`](crate::ResponseFuture) and
+/// [`LifecycleBody`](crate::LifecycleBody) carry it without those bounds
+/// on every impl.
+pub(crate) type Detach<F> = fn(Pin<Box<F>>, &Handle, WorkGuard);
+
+/// Ends the response side from the `Drop` of the future or the body. If
+/// `aborted`, sets ABORTED and, under ignore-abort, moves the inner value
+/// into a task with `detach`. Then drops the inner value, so that its own
+/// cleanup has run when the hooks see the outcome, and ends with `end`.
+pub(crate) fn end_in_drop<T>(
+    shared: Arc<Shared>,
+    mut inner: Pin<&mut Inner<T>>,
+    detach: Detach<T>,
+    aborted: bool,
+    end: End,
+) {
+    if aborted {
+        // A stalled reader: hyper stopped polling (the client stopped
+        // reading, or sent nothing more), so the deadline passed unseen.
+        // The drop is the first chance to record it. Under ignore-abort the
+        // work still continues as usual, and its task ends at once on the
+        // passed deadline (`Completion::continued` stays what it always
+        // meant: the client left with ignore-abort on).
+        // (The connection watch will let the layer act on the deadline
+        // while hyper is not polling, and tell a client that left from a
+        // layer outside this one that dropped the future.)
+        if shared.time_limit().passed() {
+            shared.timed_out();
+        }
+        if let Some(handle) = shared.abort(inner.is_boxed()) {
+            if let (Some(value), Some(guard)) = (inner.as_mut().project().take(), shared.add_work())
+            {
+                detach(value, &handle, guard);
+            }
+        }
+    }
+    inner.set(Inner::Gone);
+    shared.response_done(end);
+}
+
+/// The [`Detach`] of a handler future: runs it to its end, discarding its
+/// response, unless a shutdown cancels it.
+pub(crate) fn detach_handler<F, B, E>(future: Pin<Box<F>>, handle: &Handle, guard: WorkGuard)
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+{
+    let work = async move {
+        match future.await {
+            Ok(response) => tracing::debug!(
+                status = %response.status(),
+                "tower_lifecycle: the handler finished after its client left; its response is discarded"
+            ),
+            Err(_) => tracing::debug!("tower_lifecycle: the handler failed after its client left"),
+        }
+    };
+    guard.spawn(handle, work, None);
+}
+
+/// The [`Detach`] of a body: polls it to its end, discarding frames, so
+/// that whatever produces it keeps succeeding, unless a shutdown cancels it.
+pub(crate) fn continue_body<B>(body: Pin<Box<B>>, handle: &Handle, guard: WorkGuard)
+where
+    B: Body + Send + 'static,
+{
+    let work = async move {
+        let mut body = body;
+        let mut drained: u64 = 0;
+        loop {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        drained += data.remaining() as u64;
+                    }
+                }
+                Some(Err(_)) => {
+                    tracing::debug!(
+                        drained,
+                        "tower_lifecycle: a body drained after its client left failed"
+                    );
+                    return;
+                }
+                None => break,
+            }
+        }
+        tracing::debug!(
+            drained,
+            "tower_lifecycle: drained a body to its end after its client left"
+        );
+    };
+    guard.spawn(handle, work, None);
+}
+
+impl Shared {
+    /// The client left: sets ABORTED and decides, by the ignore-abort
+    /// policy read now, whether the request's work continues. Returns the
+    /// runtime to continue on, holding a `max_detached` slot, or `None`
+    /// after cancelling the request's spawned work.
+    ///
+    /// `movable`: the caller has work it can move into a task (a boxed
+    /// handler future or open-ended body). Without it and without spawned
+    /// work, there is nothing to continue, and no slot is taken.
+    pub(crate) fn abort(&self, movable: bool) -> Option<Handle> {
+        self.set(ConnectionStatus::ABORTED.bits());
+        let spawned = self.lock().work.is_some();
+        if (movable || spawned) && self.bits.load(Ordering::Acquire) & IGNORE_ABORT != 0 {
+            match self.try_detach() {
+                Ok(handle) => return Some(handle),
+                Err(reason) => {
+                    tracing::warn!(
+                        reason,
+                        "tower_lifecycle: ignore-abort is on but the request cannot continue; cancelling it"
+                    );
+                    self.lock().refused = true;
+                }
+            }
+        }
+        if let Some(work) = &self.lock().work {
+            work.cancel();
+        }
+        None
+    }
+
+    fn try_detach(&self) -> Result<Handle, &'static str> {
+        let max = self.config.max_detached;
+        if max == 0 {
+            return Err("max_detached is 0");
+        }
+        let handle = Handle::try_current().map_err(|_| "no tokio runtime to continue on")?;
+        let detached = &self.config.drain.detached;
+        detached
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| "max_detached requests are already continuing")?;
+        self.lock().detached = true;
+        Ok(handle)
+    }
+
+    /// Counts one more piece of continued work, unless the lifecycle is
+    /// already over (`None` then: the work is not part of it).
+    pub(crate) fn add_work(self: &Arc<Self>) -> Option<WorkGuard> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WorkGuard::new(self.clone()))
+    }
+
+    /// The token that cancels this request's spawned work.
+    pub(crate) fn work_token(&self) -> CancellationToken {
+        let mut state = self.lock();
+        if let Some(token) = &state.work {
+            return token.clone();
+        }
+        // Work spawned after the abort was handled (from `after_response`
+        // work, say) is not cancelled by it.
+        let token = self.config.drain.cancel.child_token();
+        state.work = Some(token.clone());
+        token
+    }
+
+    pub(crate) fn after_response(self: &Arc<Self>, work: BoxFuture) {
+        let Some(guard) = self.add_work() else {
+            match Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(work)),
+                Err(_) => tracing::warn!(
+                    "tower_lifecycle: after_response work outside a tokio runtime was dropped"
+                ),
+            }
+            return;
+        };
+        let mut state = self.lock();
+        if state.response.is_none() {
+            state.after_response.push(work);
+            // Still counted in `pending`: `response_done` makes a guard
+            // again when it starts the work.
+            drop(guard.disarm());
+            return;
+        }
+        drop(state);
+        guard.start(work, None);
+    }
+
+    /// A shutdown cancelled some of this request's continued work.
+    pub(crate) fn cancelled_by_shutdown(&self) {
+        self.set(ConnectionStatus::TIMEOUT.bits());
+        let mut state = self.lock();
+        if !std::mem::replace(&mut state.shutdown_cancelled, true) {
+            self.config.drain.cancelled.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The response side ended: starts `after_response` work, then ends the
+    /// lifecycle unless continued work is still running.
+    pub(crate) fn response_done(self: Arc<Self>, end: End) {
+        if end.panicked {
+            self.set(PANICKED);
+        }
+        let after = {
+            let mut state = self.lock();
+            state.response = Some(end);
+            std::mem::take(&mut state.after_response)
+        };
+        for work in after {
+            // Each was counted in `pending` when registered.
+            WorkGuard::new(self.clone()).start(work, None);
+        }
+        self.done_one(Some(end.phase));
+    }
+}
+
+/// One piece of continued work of a request: dropping it (the work ended,
+/// was cancelled, or its task was dropped) counts it done.
+pub(crate) struct WorkGuard {
+    shared: Option<Arc<Shared>>,
+    /// Work the client's abort cancelled does not count as continued: if
+    /// it ends last, the lifecycle ends in the response side's phase.
+    cancelled_by_abort: bool,
+}
+
+impl WorkGuard {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        WorkGuard {
+            shared: Some(shared),
+            cancelled_by_abort: false,
+        }
+    }
+
+    pub(crate) fn disarm(mut self) -> Arc<Shared> {
+        self.shared.take().expect("armed")
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        self.shared.as_ref().expect("armed")
+    }
+
+    /// Runs `work` in a task on the current runtime (or drops it with a
+    /// warning without one), cancelled by `cancel` or, without it, by a
+    /// shutdown.
+    pub(crate) fn start<F>(self, work: F, cancel: Option<CancellationToken>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match Handle::try_current() {
+            Ok(handle) => self.spawn(&handle, work, cancel),
+            Err(_) => tracing::warn!(
+                "tower_lifecycle: no tokio runtime to run continued work on; it was dropped"
+            ),
+        }
+    }
+
+    /// Runs `work` in a task on `handle`, cancelled by `cancel` (a child of
+    /// the shutdown token) or, without it, by a shutdown.
+    pub(crate) fn spawn<F>(self, handle: &Handle, work: F, cancel: Option<CancellationToken>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shared().config.drain.cancel.clone();
+        let cancel = cancel.unwrap_or_else(|| shutdown.clone());
+        let mut guard = self;
+        handle.spawn(async move {
+            let shared = guard.shared().clone();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    if shutdown.is_cancelled() {
+                        shared.cancelled_by_shutdown();
+                    } else {
+                        guard.cancelled_by_abort = true;
+                    }
+                }
+                _ = shared.time_limit().reached() => shared.timed_out(),
+                _ = work => {}
+            }
+            drop(shared);
+            drop(guard);
+        });
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            // Dropped while unwinding: the work panicked.
+            if std::thread::panicking() {
+                shared.panicked();
+            }
+            let phase = (!self.cancelled_by_abort).then_some(Phase::Continued);
+            shared.done_one(phase);
+        }
+    }
+}

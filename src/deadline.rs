@@ -1,0 +1,182 @@
+//! The time limit of one request: when it expires, how a handler restarts
+//! it, the gRPC client's cap that nothing lifts, and the lazily armed timer
+//! that the response future and body poll.
+//!
+//! A [`Deadline`] is shared by every part of a request (the handle, the
+//! future, the body, continued work); a [`Timer`] belongs to the one part
+//! that polls it.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// `at` when there is no deadline.
+const NONE: u64 = u64::MAX;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NONE)
+}
+
+/// When a request's time limit expires, relative to when the request
+/// entered the layer.
+pub(crate) struct Deadline {
+    start: Instant,
+    /// Nanoseconds since `start`, or [`NONE`].
+    ///
+    /// Release on store, Acquire on load: a reader that sees a new deadline
+    /// also sees what the writer did before it, though nothing depends on
+    /// more than the value itself today.
+    at: AtomicU64,
+    /// The gRPC client's deadline, which [`set_limit`](Self::set_limit)
+    /// cannot lift; [`NONE`] for other requests.
+    cap: u64,
+    /// Wakes [`reached`](Self::reached) when the deadline changes.
+    changed: Notify,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now, capped by `cap` (a gRPC client's
+    /// deadline) when there is one.
+    pub(crate) fn new(limit: Option<Duration>, cap: Option<Duration>) -> Self {
+        let cap = cap.map_or(NONE, nanos);
+        Deadline {
+            start: Instant::now(),
+            at: AtomicU64::new(limit.map_or(NONE, nanos).min(cap)),
+            cap,
+            changed: Notify::new(),
+        }
+    }
+
+    /// How long since the request entered the layer.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// When the limit expires, or `None` without one.
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.at.load(Ordering::Acquire) {
+            NONE => None,
+            n => self.start.checked_add(Duration::from_nanos(n)),
+        }
+    }
+
+    /// Whether a deadline is set and has passed (reads the clock only when
+    /// one is set).
+    pub(crate) fn passed(&self) -> bool {
+        self.get().is_some_and(|d| d <= Instant::now())
+    }
+
+    /// Restarts the limit from now (`None` removes it, down to the cap) and
+    /// wakes whoever waits in [`reached`](Self::reached).
+    pub(crate) fn set_limit(&self, limit: Option<Duration>) {
+        let from_now = match limit {
+            None => NONE,
+            Some(limit) => nanos(self.start.elapsed()).saturating_add(nanos(limit)),
+        };
+        self.at.store(from_now.min(self.cap), Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the deadline has passed, following changes to it.
+    pub(crate) async fn reached(&self) {
+        loop {
+            // Registered before the deadline is read, so that a change made
+            // in between still wakes this wait.
+            let mut changed = std::pin::pin!(self.changed.notified());
+            changed.as_mut().enable();
+            match self.get() {
+                None => changed.await,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if self.passed() {
+                                return;
+                            }
+                        }
+                        _ = changed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A timer armed on first need against a [`Deadline`].
+///
+/// The `Sleep` is boxed so that the future and body that hold a timer stay
+/// `Unpin` (when what they wrap is); the box is only made when a request
+/// with a limit had to wait.
+#[derive(Default)]
+pub(crate) struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// Polls the timer against the deadline now: arms it on first need,
+    /// moves it when the deadline changed, disarms it when the limit was
+    /// removed. True once the deadline has passed.
+    pub(crate) fn poll(&mut self, deadline: &Deadline, cx: &mut Context<'_>) -> bool {
+        let Some(at) = deadline.get() else {
+            self.0 = None;
+            return false;
+        };
+        let timer = match &mut self.0 {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_restarts_from_now_and_none_lifts_it_down_to_the_cap() {
+        let deadline = Deadline::new(Some(Duration::from_secs(10)), None);
+        let start = Instant::now();
+        assert_eq!(deadline.get(), Some(start + Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        deadline.set_limit(Some(Duration::from_secs(1)));
+        assert_eq!(deadline.get(), Some(start + Duration::from_secs(5)));
+        deadline.set_limit(None);
+        assert_eq!(deadline.get(), None);
+        deadline.set_limit(Some(Duration::MAX));
+        assert_eq!(deadline.get(), None, "too large to represent is no limit");
+
+        let capped = Deadline::new(None, Some(Duration::from_secs(2)));
+        assert_eq!(capped.get(), Some(start + Duration::from_secs(6)));
+        capped.set_limit(None);
+        assert_eq!(capped.get(), Some(start + Duration::from_secs(6)));
+        capped.set_limit(Some(Duration::from_secs(1)));
+        assert_eq!(capped.get(), Some(start + Duration::from_secs(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_follows_the_deadline() {
+        let deadline = Deadline::new(Some(Duration::from_secs(1)), None);
+        let mut timer = Timer::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(!timer.poll(&deadline, &mut cx));
+        assert!(timer.0.is_some(), "armed on first need");
+        deadline.set_limit(None);
+        assert!(!timer.poll(&deadline, &mut cx));
+        assert!(timer.0.is_none(), "disarmed without a limit");
+        deadline.set_limit(Some(Duration::from_millis(10)));
+        assert!(!timer.poll(&deadline, &mut cx));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(timer.poll(&deadline, &mut cx));
+        assert!(deadline.passed());
+    }
+}

@@ -1,0 +1,330 @@
+//! The state one request's parts share: the [`Lifecycle`](crate::Lifecycle)
+//! handles, the response future, the response body and continued work.
+//!
+//! It is the one allocation the layer makes per request for its own use,
+//! and it goes through these stages, each entered once:
+//!
+//! 1. **handler**: the response future runs the inner service;
+//! 2. **body**: the response body streams (the future handed its part of
+//!    `pending` over to the body);
+//! 3. **continued**: the response side ended ([`State::response`] is set),
+//!    and work is still running: a handler or body kept alive after the
+//!    client left, [`spawn`](crate::Lifecycle::spawn)ed or
+//!    [`after_response`](crate::Lifecycle::after_response) work. `pending`
+//!    counts the response side (1 until it ended) plus each piece of work;
+//! 4. **hooks**: whatever brought `pending` to zero built the
+//!    [`Completion`] and runs the hooks ([`hooks`](crate::hooks));
+//! 5. **ended**: no hook is left ([`State::ended`] is set); a hook
+//!    registered now runs at once.
+//!
+//! The status word and two flags live in one atomic byte, read without a
+//! lock; everything else that changes is under one mutex that is never held
+//! while user code runs.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::completion::Phase;
+use crate::config::{Config, OnComplete};
+use crate::deadline::Deadline;
+use crate::hooks::{self, BoxFuture, Chain, Hook, Hooks};
+use crate::{Completion, ConnectionStatus};
+
+/// Internal bits beside the status bits: a panic unwound through the
+/// request's processing; the ignore-abort policy is on.
+pub(crate) const PANICKED: u8 = 0x80;
+pub(crate) const IGNORE_ABORT: u8 = 0x40;
+const STATUS_BITS: u8 = 0b11;
+
+/// State shared by the [`Lifecycle`] handles, the response future and the
+/// response body of one request: the one allocation the layer makes per
+/// request for it.
+pub(crate) struct Shared {
+    pub(crate) bits: AtomicU8,
+    /// The response side (1 until it ended) plus continued work not yet
+    /// finished. The lifecycle ends when it drops to 0.
+    pub(crate) pending: AtomicUsize,
+    aborted: Notify,
+    time_limit: Deadline,
+    pub(crate) config: Arc<Config>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) hooks: VecDeque<Hook>,
+    /// Set once the hooks have all been taken: the final completion.
+    pub(crate) ended: Option<Completion>,
+    /// The runtime current when an async hook was registered.
+    pub(crate) runtime: Option<Handle>,
+    /// How the response side ended, once it has.
+    pub(crate) response: Option<End>,
+    /// Work waiting for the response side to end.
+    pub(crate) after_response: Vec<BoxFuture>,
+    /// Cancels spawned work on abort (unless it continues) and on shutdown.
+    pub(crate) work: Option<CancellationToken>,
+    /// This request holds one of the layer's `max_detached` slots.
+    pub(crate) detached: bool,
+    /// Ignore-abort was on but the request could not continue.
+    pub(crate) refused: bool,
+    /// Some continued work of this request was cancelled by a shutdown.
+    pub(crate) shutdown_cancelled: bool,
+    /// Counts this lifecycle in the layer's `Drain`.
+    pub(crate) token: Option<TaskTrackerToken>,
+}
+
+/// How the response side of a request ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct End {
+    pub(crate) phase: Phase,
+    pub(crate) panicked: bool,
+    pub(crate) response_status: Option<StatusCode>,
+    pub(crate) bytes_sent: u64,
+    pub(crate) body_error: bool,
+    pub(crate) service_error: bool,
+    pub(crate) grpc_status: Option<i32>,
+}
+
+impl End {
+    pub(crate) fn handler() -> Self {
+        End {
+            phase: Phase::Handler,
+            panicked: false,
+            response_status: None,
+            bytes_sent: 0,
+            body_error: false,
+            service_error: false,
+            grpc_status: None,
+        }
+    }
+}
+
+impl Shared {
+    /// `grpc_cap` is what the request's `grpc-timeout` allows, if any.
+    pub(crate) fn new(config: Arc<Config>, grpc_cap: Option<Duration>) -> Self {
+        let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
+        let token = config.drain.tracker.token();
+        Shared {
+            bits: AtomicU8::new(bits),
+            pending: AtomicUsize::new(1),
+            aborted: Notify::new(),
+            time_limit: Deadline::new(config.time_limit, grpc_cap),
+            config,
+            state: Mutex::new(State {
+                token: Some(token),
+                ..State::default()
+            }),
+        }
+    }
+
+    /// Resolves once ABORTED is set, at once if it already is.
+    pub(crate) async fn until_aborted(&self) {
+        loop {
+            // Registered before the status is read, so that an abort in
+            // between still wakes this wait (`notify_waiters` wakes only
+            // registered waiters).
+            let mut notified = std::pin::pin!(self.aborted.notified());
+            notified.as_mut().enable();
+            if self.status().is_aborted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sets the ignore-abort policy; returns the previous one.
+    pub(crate) fn set_ignore_abort(&self, ignore: bool) -> bool {
+        // AcqRel: `abort` reads the policy with Acquire, so whatever the
+        // handler did before turning it on is visible to the task that
+        // continues its work.
+        let old = if ignore {
+            self.bits.fetch_or(IGNORE_ABORT, Ordering::AcqRel)
+        } else {
+            self.bits.fetch_and(!IGNORE_ABORT, Ordering::AcqRel)
+        };
+        old & IGNORE_ABORT != 0
+    }
+
+    /// Whether the hooks have all been taken.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.lock().ended.is_some()
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        let bits = self.bits.load(Ordering::Acquire) & STATUS_BITS;
+        #[cfg(test)]
+        seam::after_status_read();
+        ConnectionStatus::from_bits(bits).unwrap_or(ConnectionStatus::NORMAL)
+    }
+
+    pub(crate) fn set(&self, bits: u8) {
+        let old = self.bits.fetch_or(bits, Ordering::AcqRel);
+        if bits & ConnectionStatus::ABORTED.bits() != 0
+            && old & ConnectionStatus::ABORTED.bits() == 0
+        {
+            self.aborted.notify_waiters();
+        }
+    }
+
+    /// The request's time limit.
+    pub(crate) fn time_limit(&self) -> &Deadline {
+        &self.time_limit
+    }
+
+    /// A panic unwound through, or was caught inside, the request's
+    /// processing.
+    pub(crate) fn panicked(&self) {
+        self.set(PANICKED);
+    }
+
+    /// The time limit expired.
+    pub(crate) fn timed_out(&self) {
+        self.set(ConnectionStatus::TIMEOUT.bits());
+        tracing::debug!("tower_lifecycle: the request's time limit expired");
+    }
+
+    pub(crate) fn timeout_status(&self) -> StatusCode {
+        self.config.timeout_status
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // Hooks never run under the lock, so a poisoned lock only means a
+        // panic elsewhere; the state itself is always consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, hook: Hook) {
+        let mut state = self.lock();
+        match state.ended.clone() {
+            None => state.hooks.push_back(hook),
+            Some(completion) => {
+                let runtime = state.runtime.clone();
+                drop(state);
+                hooks::run_late(hook, &completion, runtime);
+            }
+        }
+    }
+
+    pub(crate) fn remember_runtime(&self) {
+        if let Ok(handle) = Handle::try_current() {
+            let mut state = self.lock();
+            if state.runtime.is_none() {
+                state.runtime = Some(handle);
+            }
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> Option<Handle> {
+        self.lock().runtime.clone()
+    }
+
+    pub(crate) fn on_complete(&self) -> Option<&OnComplete> {
+        self.config.on_complete.as_ref()
+    }
+
+    /// Whether continuing after an abort is possible at all, which decides
+    /// whether the handler's future and the body are boxed.
+    pub(crate) fn detachable(&self) -> bool {
+        self.config.max_detached > 0
+    }
+
+    /// The next hook to run, or `None`, which marks the lifecycle ended
+    /// (under the same lock, so no hook registered meanwhile is lost).
+    pub(crate) fn next_hook(&self, completion: &Completion) -> Option<Hook> {
+        let mut state = self.lock();
+        let hook = state.hooks.pop_front();
+        if hook.is_none() {
+            state.ended = Some(completion.clone());
+        }
+        hook
+    }
+
+    /// The hooks are done: the lifecycle leaves the drain's count.
+    pub(crate) fn release(&self) {
+        let token = self.lock().token.take();
+        drop(token);
+    }
+
+    /// One part is done; `phase` is where the lifecycle ended if it was the
+    /// last (`None`: where the response side ended).
+    pub(crate) fn done_one(self: Arc<Self>, phase: Option<Phase>) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish(phase);
+        }
+    }
+
+    /// Builds the completion and runs the hooks. Reached exactly once, by
+    /// whatever brought `pending` to zero.
+    fn finish(self: Arc<Self>, phase: Option<Phase>) {
+        let all = self.bits.load(Ordering::Acquire);
+        let (completion, hooks) = {
+            let mut state = self.lock();
+            let end = state.response.unwrap_or_else(End::handler);
+            let completion = Completion {
+                status: self.status(),
+                phase: phase.unwrap_or(end.phase),
+                elapsed: self.time_limit.elapsed(),
+                bytes_sent: end.bytes_sent,
+                response_status: end.response_status,
+                panicked: all & PANICKED != 0,
+                body_error: end.body_error,
+                service_error: end.service_error,
+                grpc_status: end.grpc_status,
+                continued: state.detached,
+                detach_refused: state.refused,
+            };
+            // One lock for the common case of no hook: take the first, or
+            // mark the end and take the drain token.
+            let hooks = match state.hooks.pop_front() {
+                Some(first) => Hooks::First(first),
+                None => {
+                    state.ended = Some(completion.clone());
+                    Hooks::Done(state.token.take())
+                }
+            };
+            (completion, hooks)
+        };
+        if completion.continued {
+            self.config.drain.detached.fetch_sub(1, Ordering::AcqRel);
+        }
+        tracing::debug!(
+            status = %completion.status,
+            phase = %completion.phase,
+            bytes_sent = completion.bytes_sent,
+            panicked = completion.panicked,
+            continued = completion.continued,
+            "tower_lifecycle: request lifecycle ended"
+        );
+        Chain::start(self, completion, hooks);
+    }
+}
+
+/// A test seam: lets a test run code right after the status was read, the
+/// one moment where another thread's abort would race a waiter.
+#[cfg(test)]
+pub(crate) mod seam {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static AFTER_STATUS_READ: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// Runs `f` the next time this thread reads a status.
+    pub(crate) fn once_after_status_read(f: impl FnOnce() + 'static) {
+        AFTER_STATUS_READ.with(|seam| *seam.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(crate) fn after_status_read() {
+        if let Some(f) = AFTER_STATUS_READ.with(|seam| seam.borrow_mut().take()) {
+            f();
+        }
+    }
+}
