@@ -6,21 +6,20 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Buf;
-use http::{header, response::Parts, Method, StatusCode};
+use http::{header, response::Parts, HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::completion::Phase;
-
 use crate::continuation::{continue_body, end_in_drop, Detach, Inner, InnerProj};
 use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
-use crate::state::{End, Shared};
+use crate::response_side::ResponseSide;
+use crate::state::End;
 use crate::{BoxError, TimedOut};
 
 pin_project! {
@@ -74,32 +73,29 @@ pin_project! {
     pub struct LifecycleBody<B> {
         #[pin]
         inner: Inner<B>,
+        // Open until complete by the rules above, then Complete, then Ended.
+        side: ResponseSide,
+        tally: Tally,
         timer: Timer,
-        shared: Option<Arc<Shared>>,
-        drain: Detach<B>,
-        status: StatusCode,
-        sent: u64,
-        expected: Option<u64>,
-        complete: bool,
-        grpc: bool,
-        // From the response head (a trailers-only answer) or the trailers.
-        grpc_status: Option<i32>,
+        continue_body: Detach<B>,
+        // Set while the inner body is being polled: still set in `drop`
+        // means its `poll_frame` panicked.
         polling: bool,
     }
 
     impl<B> PinnedDrop for LifecycleBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let Some(shared) = this.shared.take() else {
+            let Some((shared, complete)) = this.side.take() else {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
             let end = End {
                 panicked,
-                ..body_end(*this.status, *this.sent, *this.grpc_status)
+                ..this.tally.end()
             };
             // The body's own drop (its producer learns) runs before the hooks.
-            end_in_drop(shared, this.inner, *this.drain, !*this.complete && !panicked, end);
+            end_in_drop(shared, this.inner, *this.continue_body, !complete && !panicked, end);
         }
     }
 }
@@ -136,76 +132,106 @@ impl Bodiless {
     }
 }
 
-fn body_end(status: StatusCode, sent: u64, grpc_status: Option<i32>) -> End {
-    End {
-        phase: Phase::Body,
-        response_status: Some(status),
-        bytes_sent: sent,
-        grpc_status,
-        ..End::handler()
+/// What the body has told about the response so far.
+struct Tally {
+    status: StatusCode,
+    /// Data bytes yielded.
+    sent: u64,
+    /// The exact length, from the size hint or `Content-Length`.
+    expected: Option<u64>,
+    grpc: bool,
+    /// From the response head (a trailers-only answer) or the trailers.
+    grpc_status: Option<i32>,
+}
+
+impl Tally {
+    /// How the body phase ended, so far.
+    fn end(&self) -> End {
+        End {
+            phase: Phase::Body,
+            response_status: Some(self.status),
+            bytes_sent: self.sent,
+            grpc_status: self.grpc_status,
+            ..End::handler()
+        }
     }
+
+    /// Counts a frame; true when the body is complete with it.
+    fn frame<D: Buf>(&mut self, frame: &Frame<D>) -> bool {
+        if let Some(data) = frame.data_ref() {
+            self.sent += data.remaining() as u64;
+            self.expected.is_some_and(|n| self.sent >= n)
+        } else if let Some(trailers) = frame.trailers_ref() {
+            if self.grpc {
+                self.grpc_status = grpc::status(trailers).or(self.grpc_status);
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The `Content-Length` of a response head, if it is a number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 impl<B: Body + Send + 'static> LifecycleBody<B> {
     pub(crate) fn new(
         inner: B,
-        shared: Arc<Shared>,
+        side: ResponseSide,
         bodiless: Bodiless,
         grpc: bool,
         parts: &Parts,
     ) -> Self {
-        let content_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         let exact = inner.size_hint().exact();
-        let expected = match (exact, content_length) {
+        let expected = match (exact, content_length(&parts.headers)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let status = parts.status;
-        let complete = bodiless.response(status) || expected == Some(0) || inner.is_end_stream();
-        let boxed = shared.detachable() && !complete && exact.is_none();
-        LifecycleBody {
-            // Only a body whose length is open can have a producer that
-            // draining keeps alive; `Full` and the like stay inline.
+        let complete =
+            bodiless.response(parts.status) || expected == Some(0) || inner.is_end_stream();
+        // Only a body whose length is open can have a producer that
+        // continuing keeps alive; `Full` and the like stay inline.
+        let boxed = side.shared().is_some_and(|s| s.detachable()) && !complete && exact.is_none();
+        let mut body = LifecycleBody {
             inner: Inner::new(inner, boxed),
-            timer: Timer::default(),
-            shared: Some(shared),
-            drain: continue_body::<B>,
-            status,
-            sent: 0,
-            expected,
-            complete,
-            grpc,
-            grpc_status: if grpc {
-                grpc::status(&parts.headers)
-            } else {
-                None
+            side,
+            tally: Tally {
+                status: parts.status,
+                sent: 0,
+                expected,
+                grpc,
+                grpc_status: grpc.then(|| grpc::status(&parts.headers)).flatten(),
             },
+            timer: Timer::default(),
+            continue_body: continue_body::<B>,
             polling: false,
+        };
+        if complete {
+            body.side.complete();
         }
+        body
     }
-}
 
-impl<B> LifecycleBody<B> {
     /// The empty body of the layer's own timeout response.
-    pub(crate) fn timed_out(status: StatusCode) -> Self
-    where
-        B: Body + Send + 'static,
-    {
+    pub(crate) fn timed_out(status: StatusCode) -> Self {
         LifecycleBody {
             inner: Inner::Gone,
+            side: ResponseSide::ended(),
+            tally: Tally {
+                status,
+                sent: 0,
+                expected: Some(0),
+                grpc: false,
+                grpc_status: None,
+            },
             timer: Timer::default(),
-            shared: None,
-            drain: continue_body::<B>,
-            status,
-            sent: 0,
-            expected: Some(0),
-            complete: true,
-            grpc: false,
-            grpc_status: None,
+            continue_body: continue_body::<B>,
             polling: false,
         }
     }
@@ -214,11 +240,11 @@ impl<B> LifecycleBody<B> {
 impl<B> fmt::Debug for LifecycleBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LifecycleBody")
-            .field("status", &self.status)
-            .field("bytes_sent", &self.sent)
-            .field("expected", &self.expected)
-            .field("complete", &self.complete)
-            .field("ended", &self.shared.is_none())
+            .field("status", &self.tally.status)
+            .field("bytes_sent", &self.tally.sent)
+            .field("expected", &self.tally.expected)
+            .field("complete", &self.side.is_complete())
+            .field("ended", &self.side.is_ended())
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +260,29 @@ impl<B> LifecycleBody<B> {
             Inner::Gone => None,
         }
     }
+
+    /// A mutable reference to the inner body; `None` as for
+    /// [`get_ref`](Self::get_ref).
+    pub fn get_mut(&mut self) -> Option<&mut B>
+    where
+        B: Unpin,
+    {
+        match &mut self.inner {
+            Inner::Inline { future } => Some(future),
+            Inner::Boxed { future } => future.as_mut().map(|b| b.as_mut().get_mut()),
+            Inner::Gone => None,
+        }
+    }
+
+    /// A pinned mutable reference to the inner body; `None` as for
+    /// [`get_ref`](Self::get_ref).
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
+        match self.project().inner.project() {
+            InnerProj::Gone => None,
+            InnerProj::Boxed { future } if future.is_none() => None,
+            inner => Some(inner.get()),
+        }
+    }
 }
 
 /// The time limit expired while the body streams: the inner body is
@@ -243,15 +292,14 @@ impl<B> LifecycleBody<B> {
 fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, BoxError>>> {
     let mut inner = this.inner;
     inner.set(Inner::Gone);
-    if *this.grpc {
-        *this.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
+    if this.tally.grpc {
+        this.tally.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
     }
-    if let Some(shared) = this.shared.take() {
+    if let Some((shared, _)) = this.side.take() {
         shared.timed_out();
-        shared.response_done(body_end(*this.status, *this.sent, *this.grpc_status));
+        shared.response_done(this.tally.end());
     }
-    if *this.grpc {
-        *this.complete = true;
+    if this.tally.grpc {
         return Poll::Ready(Some(Ok(
             Frame::trailers(grpc::deadline_exceeded_trailers()),
         )));
@@ -274,8 +322,8 @@ where
         let mut this = self.project();
         // A body that is always ready must not outrun the limit either.
         if this
-            .shared
-            .as_deref()
+            .side
+            .shared()
             .is_some_and(|shared| shared.time_limit().passed())
         {
             return expire(this);
@@ -289,31 +337,23 @@ where
         let result = inner.as_mut().poll_frame(cx);
         *this.polling = false;
         if panic::count() != panics {
-            if let Some(shared) = this.shared.as_deref() {
+            if let Some(shared) = this.side.shared() {
                 shared.panicked();
             }
         }
         match &result {
             Poll::Pending => {
                 let expired = this
-                    .shared
-                    .as_deref()
+                    .side
+                    .shared()
                     .is_some_and(|shared| this.timer.poll(shared.time_limit(), cx));
                 if expired {
                     return expire(this);
                 }
             }
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.sent += data.remaining() as u64;
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    *this.complete = true;
-                    if *this.grpc {
-                        *this.grpc_status = grpc::status(trailers).or(*this.grpc_status);
-                    }
-                }
-                if this.expected.is_some_and(|n| *this.sent >= n) || inner.is_end_stream() {
-                    *this.complete = true;
+                if this.tally.frame(frame) || inner.is_end_stream() {
+                    this.side.complete();
                 }
                 // Progress was made: a timer armed while waiting stays
                 // armed (and is moved if the deadline changed) next time.
@@ -321,12 +361,10 @@ where
             Poll::Ready(Some(Err(_))) => {
                 // Ended: never poll it again (see `Poll::Ready(None)`).
                 this.inner.set(Inner::Gone);
-                if let Some(shared) = this.shared.take() {
-                    shared.response_done(End {
-                        body_error: true,
-                        ..body_end(*this.status, *this.sent, *this.grpc_status)
-                    });
-                }
+                this.side.end(End {
+                    body_error: true,
+                    ..this.tally.end()
+                });
             }
             Poll::Ready(None) => {
                 // Some wrappers outside poll a body again after its end
@@ -335,10 +373,7 @@ where
                 // again from here on without asking the inner body, which
                 // is dropped now, so its cleanup runs before the hooks.
                 this.inner.set(Inner::Gone);
-                *this.complete = true;
-                if let Some(shared) = this.shared.take() {
-                    shared.response_done(body_end(*this.status, *this.sent, *this.grpc_status));
-                }
+                this.side.end(this.tally.end());
             }
         }
         result.map(|frame| frame.map(|frame| frame.map_err(Into::into)))

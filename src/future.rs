@@ -8,7 +8,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
@@ -19,7 +18,8 @@ use crate::continuation::{end_in_drop, Detach, Inner};
 use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
-use crate::state::{End, Shared};
+use crate::response_side::ResponseSide;
+use crate::state::End;
 use crate::timeout::timeout_head;
 use crate::LifecycleBody;
 
@@ -36,7 +36,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Inner<F>,
-        shared: Option<Arc<Shared>>,
+        side: ResponseSide,
         timer: Timer,
         detach: Detach<F>,
         bodiless: Bodiless,
@@ -49,7 +49,7 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let Some(shared) = this.shared.take() else {
+            let Some((shared, _)) = this.side.take() else {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
@@ -65,7 +65,7 @@ pin_project! {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("done", &self.shared.is_none())
+            .field("done", &self.side.is_ended())
             .field("bodiless", &self.bodiless)
             .finish_non_exhaustive()
     }
@@ -74,14 +74,14 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: Inner<F>,
-        shared: Arc<Shared>,
+        side: ResponseSide,
         detach: Detach<F>,
         bodiless: Bodiless,
         grpc: bool,
     ) -> Self {
         ResponseFuture {
             inner,
-            shared: Some(shared),
+            side,
             timer: Timer::default(),
             detach,
             bodiless,
@@ -106,19 +106,19 @@ where
         *this.polling = false;
         if panic::count() != panics {
             // A panic caught inside (CatchPanicLayer's 500, say).
-            if let Some(shared) = this.shared.as_deref() {
+            if let Some(shared) = this.side.shared() {
                 shared.panicked();
             }
         }
         let Poll::Ready(result) = result else {
             let shared = this
-                .shared
-                .as_deref()
+                .side
+                .shared()
                 .expect("ResponseFuture polled after it completed");
             if this.timer.poll(shared.time_limit(), cx) {
                 // Cancel the handler, then answer for it.
                 this.inner.set(Inner::Gone);
-                let shared = this.shared.take().expect("checked above");
+                let (shared, _) = this.side.take().expect("checked above");
                 shared.timed_out();
                 let response = timeout_head(*this.grpc, shared.timeout_status())
                     .body(LifecycleBody::timed_out(shared.timeout_status()))
@@ -132,18 +132,19 @@ where
             }
             return Poll::Pending;
         };
-        let shared = this
-            .shared
-            .take()
-            .expect("ResponseFuture polled after it completed");
+        assert!(
+            !this.side.is_ended(),
+            "ResponseFuture polled after it completed"
+        );
         match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let body = LifecycleBody::new(body, shared, *this.bodiless, *this.grpc, &parts);
+                let side = this.side.hand_over();
+                let body = LifecycleBody::new(body, side, *this.bodiless, *this.grpc, &parts);
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {
-                shared.response_done(End {
+                this.side.end(End {
                     service_error: true,
                     ..End::handler()
                 });

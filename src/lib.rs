@@ -303,6 +303,7 @@ mod hooks;
 mod layer;
 mod lifecycle;
 mod panic;
+mod response_side;
 mod service;
 mod state;
 mod status;

@@ -13,7 +13,8 @@ use crate::continuation::{detach_handler, Inner};
 use crate::grpc;
 use crate::layer::LifecycleLayer;
 use crate::panic;
-use crate::state::{End, Shared};
+use crate::response_side::ResponseSide;
+use crate::state::Shared;
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 
 /// Middleware that tracks every request's connection lifecycle.
@@ -87,42 +88,23 @@ where
             shared: shared.clone(),
         });
         // Ends the lifecycle (panicked) should the inner `call` panic.
-        let guard = CallGuard(Some(shared));
+        let side = ResponseSide::open(shared);
         let panics = panic::count();
         let future = self.inner.call(req);
         if panic::count() != panics {
             // A panic caught inside the inner `call` (CatchPanicLayer).
-            if let Some(shared) = &guard.0 {
+            if let Some(shared) = side.shared() {
                 shared.panicked();
             }
         }
         let inner = Inner::new(future, self.config.max_detached > 0);
         ResponseFuture::new(
             inner,
-            guard.disarm(),
+            side,
             detach_handler::<S::Future, ResBody, S::Error>,
             bodiless,
             grpc,
         )
-    }
-}
-
-struct CallGuard(Option<Arc<Shared>>);
-
-impl CallGuard {
-    fn disarm(mut self) -> Arc<Shared> {
-        self.0.take().expect("guard is armed until disarmed")
-    }
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.response_done(End {
-                panicked: true,
-                ..End::handler()
-            });
-        }
     }
 }
 
