@@ -24,8 +24,9 @@ use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::Chain;
 use crate::completion::Phase;
-use crate::hooks::BoxFuture;
+use crate::hook::BoxFuture;
 use crate::state::{End, Shared, IGNORE_ABORT, PANICKED};
 use crate::ConnectionStatus;
 
@@ -293,7 +294,9 @@ impl Shared {
             // Each was counted in `pending` when registered.
             WorkGuard::new(self.clone()).start(work, None);
         }
-        self.done_one(Some(end.phase));
+        if let Some((completion, hooks)) = self.done_one(Some(end.phase)) {
+            Chain::start(self, completion, hooks);
+        }
     }
 }
 
@@ -374,7 +377,9 @@ impl Drop for WorkGuard {
                 shared.panicked();
             }
             let phase = (!self.cancelled_by_abort).then_some(Phase::Continued);
-            shared.done_one(phase);
+            if let Some((completion, hooks)) = shared.done_one(phase) {
+                Chain::start(shared, completion, hooks);
+            }
         }
     }
 }

@@ -290,6 +290,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod chain;
 mod completion;
 mod config;
 mod continuation;
@@ -299,7 +300,7 @@ mod drain;
 mod extract;
 mod future;
 mod grpc;
-mod hooks;
+mod hook;
 mod layer;
 mod lifecycle;
 mod panic;

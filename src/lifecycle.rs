@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-use crate::hooks::Hook;
+use crate::hook::Hook;
 use crate::state::Shared;
 use crate::Completion;
 use crate::ConnectionStatus;

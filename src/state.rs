@@ -35,7 +35,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::completion::Phase;
 use crate::config::{Config, OnComplete};
 use crate::deadline::Deadline;
-use crate::hooks::{self, BoxFuture, Chain, Hook, Hooks};
+use crate::hook::{self, BoxFuture, Hook, Hooks};
 use crate::{Completion, ConnectionStatus};
 
 /// Internal bits beside the status bits: a panic unwound through the
@@ -208,7 +208,7 @@ impl Shared {
             Some(completion) => {
                 let runtime = state.runtime.clone();
                 drop(state);
-                hooks::run_late(hook, &completion, runtime);
+                hook::run_late(hook, &completion, runtime);
             }
         }
     }
@@ -254,16 +254,22 @@ impl Shared {
     }
 
     /// One part is done; `phase` is where the lifecycle ended if it was the
-    /// last (`None`: where the response side ended).
-    pub(crate) fn done_one(self: Arc<Self>, phase: Option<Phase>) {
+    /// last (`None`: where the response side ended). The last one gets the
+    /// completion and the hooks to run, for [`Chain::start`](crate::chain::Chain::start).
+    #[must_use]
+    pub(crate) fn done_one(&self, phase: Option<Phase>) -> Option<(Completion, Hooks)> {
+        // AcqRel: the last part to finish sees everything the others did
+        // before they counted themselves done.
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.finish(phase);
+            Some(self.finish(phase))
+        } else {
+            None
         }
     }
 
-    /// Builds the completion and runs the hooks. Reached exactly once, by
-    /// whatever brought `pending` to zero.
-    fn finish(self: Arc<Self>, phase: Option<Phase>) {
+    /// Builds the completion and takes the first hook. Reached exactly
+    /// once, by whatever brought `pending` to zero.
+    fn finish(&self, phase: Option<Phase>) -> (Completion, Hooks) {
         let all = self.bits.load(Ordering::Acquire);
         let (completion, hooks) = {
             let mut state = self.lock();
@@ -303,7 +309,7 @@ impl Shared {
             continued = completion.continued,
             "tower_lifecycle: request lifecycle ended"
         );
-        Chain::start(self, completion, hooks);
+        (completion, hooks)
     }
 }
 

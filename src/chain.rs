@@ -1,4 +1,5 @@
-//! Running hooks: registration order, exactly once, panic isolation.
+//! Running a lifecycle's hooks: registration order, exactly once, panic
+//! isolation.
 //!
 //! The lifecycle's end builds one [`Completion`] and hands it to a
 //! [`Chain`], which takes the request's hooks one by one from the shared
@@ -9,27 +10,13 @@
 //! chain ends (the runtime shut down), the chain's `Drop` runs what is left
 //! of it inline, so a sync hook is never lost.
 
-use std::any::Any;
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
 
-use tokio_util::task::task_tracker::TaskTrackerToken;
-
+use crate::hook::{guarded, make_async, run_sync, BoxFuture, CatchUnwind, Hook, Hooks};
 use crate::state::Shared;
 use crate::Completion;
-
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// A hook registered on one request.
-pub(crate) enum Hook {
-    Sync(Box<dyn FnOnce(&Completion) + Send + 'static>),
-    Async(Box<dyn FnOnce(Completion) -> BoxFuture + Send + 'static>),
-}
 
 /// What is left to run of one lifecycle's hooks.
 pub(crate) struct Chain {
@@ -37,18 +24,6 @@ pub(crate) struct Chain {
     completion: Completion,
     /// Where the chain stands with the request's hooks.
     hooks: Hooks,
-}
-
-/// The request's hooks, as the lifecycle's end found them: it takes the
-/// first hook, or, when there is none, marks the lifecycle ended and takes
-/// its drain token, under the one lock it holds anyway.
-pub(crate) enum Hooks {
-    /// This hook runs first; the rest are taken one by one.
-    First(Hook),
-    /// Taken one by one from the shared state.
-    More,
-    /// None left: after `on_complete`, the token is dropped.
-    Done(Option<TaskTrackerToken>),
 }
 
 impl Chain {
@@ -143,79 +118,6 @@ impl Drop for Chain {
             tracing::warn!(
                 "tower_lifecycle: the runtime shut down before an async shutdown hook could run; it was dropped"
             );
-        }
-    }
-}
-
-/// Runs a hook registered after its lifecycle had ended: at once, with the
-/// final completion.
-pub(crate) fn run_late(hook: Hook, completion: &Completion, runtime: Option<Handle>) {
-    match hook {
-        Hook::Sync(f) => run_sync(f, completion),
-        Hook::Async(f) => {
-            let Some(fut) = make_async(f, completion) else {
-                return;
-            };
-            match Handle::try_current().ok().or(runtime) {
-                Some(handle) => {
-                    handle.spawn(CatchUnwind(fut));
-                }
-                None => tracing::warn!(
-                    "tower_lifecycle: no tokio runtime to run an async shutdown hook on; it was dropped"
-                ),
-            }
-        }
-    }
-}
-
-fn run_sync(f: Box<dyn FnOnce(&Completion) + Send>, completion: &Completion) {
-    guarded("on_shutdown", || f(completion));
-}
-
-fn make_async(
-    f: Box<dyn FnOnce(Completion) -> BoxFuture + Send>,
-    completion: &Completion,
-) -> Option<BoxFuture> {
-    let completion = completion.clone();
-    guarded("on_shutdown_async", move || f(completion))
-}
-
-/// Calls `f`, turning a panic into a `tracing::error!` event.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(value) => Some(value),
-        Err(payload) => {
-            tracing::error!(
-                hook = what,
-                panic = panic_message(&*payload),
-                "tower_lifecycle: a shutdown hook panicked; the remaining hooks still run"
-            );
-            None
-        }
-    }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "<non-string panic payload>"
-    }
-}
-
-/// Polls an async hook under `catch_unwind`.
-struct CatchUnwind(BoxFuture);
-
-impl Future for CatchUnwind {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let fut = &mut self.0;
-        match guarded("on_shutdown_async", || fut.as_mut().poll(cx)) {
-            Some(poll) => poll,
-            None => Poll::Ready(()),
         }
     }
 }
