@@ -311,9 +311,6 @@ mod status;
 mod streaming;
 mod timeout;
 
-#[cfg(test)]
-mod tests;
-
 pub use crate::body::LifecycleBody;
 pub use crate::completion::{Completion, Phase};
 pub use crate::config::DEFAULT_MAX_DETACHED;

@@ -178,3 +178,41 @@ pub async fn read_exactly(body: &mut hyper::body::Incoming, expected: &str) {
     }
     assert_eq!(got, expected.as_bytes());
 }
+
+/// `tracing` output at WARN and above of this test binary so far; the first
+/// call installs the global subscriber that collects it. Global, because a
+/// thread-local subscriber misses events when other tests register the same
+/// callsites concurrently.
+pub fn logs() -> String {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOGS: OnceLock<Sink> = OnceLock::new();
+    let sink = LOGS.get_or_init(|| {
+        let sink = Sink(Arc::default());
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("only common::logs sets a global subscriber");
+        sink
+    });
+    String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned()
+}
+
+/// Held by the tests that count a warning in [`logs`] while they cause it,
+/// so that no other test of the binary emits the same warning meanwhile.
+pub static COUNTED_WARNINGS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

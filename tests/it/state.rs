@@ -3,7 +3,7 @@
 //! time limit reaches continued work at once, a gRPC client's deadline stays
 //! a cap, and spawned work continues under ignore-abort whatever the body.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::pin::Pin;

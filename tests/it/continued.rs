@@ -10,7 +10,7 @@
 //! [`Log`], so orders (work, then hooks, then the drain) are read off it, and
 //! every "not yet" is checked after the event it must follow.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};

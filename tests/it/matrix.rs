@@ -3,9 +3,9 @@
 //! and asserts the status word, the phase, whether a panic was recorded,
 //! and that every hook ran exactly once (the request's own hooks and the
 //! layer's `on_complete`). The matrix is printed as a table
-//! (`cargo test --test matrix -- --nocapture`).
+//! (`cargo test --test it matrix -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

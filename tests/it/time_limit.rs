@@ -13,7 +13,7 @@
 //! report what happened, in the order it happened. Gates are opened only
 //! after the outcome under test was seen, so a gate never decides it.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

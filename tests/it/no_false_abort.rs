@@ -15,7 +15,7 @@
 //! crate being wrong; only our layer's is asserted. Run with `--nocapture`
 //! to see the table.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -12,13 +12,12 @@
 //! is running, and opens the gate only after it saw the abort and checked
 //! that no completion came yet.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -544,33 +543,9 @@ fn assert_body_head(done: &Completion) {
 }
 
 /// How many times the layer warned that it refused to continue a request,
-/// in this test binary so far. The first call installs the subscriber.
+/// in this test binary so far (hold [`common::COUNTED_WARNINGS`]).
 fn refusal_warnings() -> usize {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    static LOGS: OnceLock<Sink> = OnceLock::new();
-    let logs = LOGS.get_or_init(|| {
-        let sink = Sink(Arc::default());
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("a global subscriber was set");
-        sink
-    });
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    text.matches(REFUSED_WARNING).count()
+    common::logs().matches(REFUSED_WARNING).count()
 }
 
 /// 1a. Ignore-abort on by the layer's default: the client leaves before the
@@ -669,6 +644,7 @@ async fn ignore_abort_returns_the_previous_value() {
 /// the first burst's slots must have been given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_detached_bounds_continuing_requests() {
+    let _counting = common::COUNTED_WARNINGS.lock().await;
     let mut server =
         Server::start(|layer| layer.ignore_abort(true).max_detached(MAX_DETACHED)).await;
     for proto in BOTH {

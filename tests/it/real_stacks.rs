@@ -12,7 +12,7 @@
 //! - tower-http's `CompressionLayer` polls a body again after its end: with
 //!   the compression outside the layer the stream still ends cleanly.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,9 +3,9 @@
 //! server-streaming method (hand-written, no protoc), cancels, error
 //! statuses, deadlines from the client and from the layer, and ignore-abort.
 
-mod common;
+use crate::common;
 
-#[path = "../examples/grpc/jobs.rs"]
+#[path = "../../examples/grpc/jobs.rs"]
 mod jobs;
 
 use std::net::SocketAddr;

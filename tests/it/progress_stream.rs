@@ -3,9 +3,9 @@
 //! is produced (compared with the instants the server recorded, same
 //! clock), and the response carries the anti-buffering headers.
 
-mod common;
+use crate::common;
 
-#[path = "../examples/progress/app.rs"]
+#[path = "../../examples/progress/app.rs"]
 mod app;
 
 use http_body_util::BodyExt;

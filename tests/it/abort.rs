@@ -9,7 +9,7 @@
 //! waits on `Lifecycle::aborted()`, so a test leaves only once the handler
 //! is inside its work and can check what the handler side saw.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};

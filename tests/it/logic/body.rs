@@ -1,0 +1,139 @@
+//! The body wrapper and tower_test: readiness, forwarding, Send and Sync.
+
+use super::*;
+
+#[tokio::test]
+async fn with_tower_test_mock_readiness_is_forwarded_and_aborts_are_simulated() {
+    let seen = Seen::default();
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<Request<()>, Response<Full<Bytes>>, _>(seen.layer());
+
+    handle.allow(0);
+    assert!(
+        svc.poll_ready().is_pending(),
+        "readiness comes from the inner service"
+    );
+    handle.allow(2);
+    assert!(svc.poll_ready().is_ready());
+
+    // Abort before the head: drop the response future.
+    let fut = svc.call(Request::get("/a").body(()).unwrap());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.uri(), "/a");
+    let lifecycle = lifecycle_of(&req);
+    drop(fut);
+    assert!(lifecycle.is_aborted());
+    drop(send);
+
+    // A response the test sends itself, read to the end: normal.
+    assert!(svc.poll_ready().is_ready());
+    let fut = svc.call(Request::get("/b").body(()).unwrap());
+    let (req, send) = handle.next_request().await.unwrap();
+    let lifecycle = lifecycle_of(&req);
+    send.send_response(full("ok"));
+    let res = fut.await.unwrap();
+    res.into_body().collect().await.unwrap();
+    assert!(!lifecycle.is_aborted());
+
+    let all = seen.all();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].status(), all[0].phase()),
+        (ConnectionStatus::ABORTED, Phase::Handler)
+    );
+    assert_eq!(
+        (all[1].status(), all[1].phase()),
+        (ConnectionStatus::NORMAL, Phase::Body)
+    );
+}
+
+#[tokio::test]
+async fn the_body_forwards_size_hint_end_of_stream_and_trailers() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let t = trailers.clone();
+    let svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(move |req: Request<()>| {
+            let t = t.clone();
+            async move {
+                Ok::<_, Infallible>(if req.uri() == "/full" {
+                    Response::new(Full::from("hello").boxed_unsync())
+                } else {
+                    let mut b = Chunks::new(&["abc"]);
+                    b.trailers = Some(t);
+                    Response::new(b.map_err(|_| unreachable!()).boxed_unsync())
+                })
+            }
+        });
+    let full = svc
+        .clone()
+        .oneshot(Request::get("/full").body(()).unwrap())
+        .await
+        .unwrap();
+    let body = full.into_body();
+    assert_eq!(body.size_hint().exact(), Some(5));
+    assert!(!body.is_end_stream());
+    let empty = svc
+        .clone()
+        .oneshot(Request::get("/full").body(()).unwrap())
+        .await
+        .unwrap();
+    let mut body = empty.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+
+    let res = svc
+        .oneshot(Request::get("/trailers").body(()).unwrap())
+        .await
+        .unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers(), Some(&trailers));
+}
+
+#[test]
+fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    fn assert_send_static<T: Send + 'static>(_: &T) {}
+    /// The body of the response a service future resolves to is `Send`.
+    fn assert_send_body<F, B, E>(_: &F)
+    where
+        F: std::future::Future<Output = Result<Response<B>, E>>,
+        B: Send + 'static,
+    {
+    }
+    send_sync::<Lifecycle>();
+    send_sync::<Completion>();
+    send_sync::<LifecycleLayer>();
+    send_sync::<tower_lifecycle::LifecycleService<()>>();
+    send_sync::<tower_lifecycle::LifecycleBody<Full<Bytes>>>();
+    // A streaming body that is `Send` but not `Sync`, like axum's.
+    type Unsync = http_body_util::combinators::UnsyncBoxBody<Bytes, tower_lifecycle::BoxError>;
+    send::<tower_lifecycle::LifecycleBody<Unsync>>();
+
+    // A real service future: an async handler that awaits before it answers
+    // with a channel-fed body.
+    let mut svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(|_req: Request<()>| async {
+            tokio::task::yield_now().await;
+            let (_tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            Ok::<_, Infallible>(Response::new(body))
+        });
+    let fut: tower_lifecycle::ResponseFuture<_> = svc.call(Request::new(()));
+    assert_send_static(&fut);
+    assert_send_body(&fut);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(move |req: Request<()>| {
+            tx.send(lifecycle_of(&req)).unwrap();
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        });
+    let fut = svc.call(Request::new(()));
+    let lifecycle = rx.recv().unwrap();
+    assert_send_static(&lifecycle.aborted());
+    drop(fut);
+}
