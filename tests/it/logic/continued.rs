@@ -317,7 +317,10 @@ async fn drain_counts_waits_and_cancels_stragglers_with_timeout() {
     );
     gate.open();
     let report = tokio::time::timeout(WAIT, shutdown).await.unwrap();
-    assert_eq!((report.finished(), report.cancelled()), (1, 1));
+    assert_eq!(
+        (report.finished(), report.cancelled(), report.remaining()),
+        (1, 1, 0)
+    );
     assert_eq!(drain.in_flight(), 0);
     let all = seen.all();
     assert_eq!(all.len(), 2);
@@ -443,4 +446,24 @@ async fn an_exact_size_body_is_not_drained_it_has_no_producer() {
         (ConnectionStatus::ABORTED, Phase::Body)
     );
     assert!(!c.continued(), "nothing to continue");
+}
+
+#[tokio::test]
+async fn max_detached_zero_turns_continuing_off_without_a_refusal() {
+    // With nothing that could continue, ignore-abort is not "refused": the
+    // abort simply cancels, as documented for `max_detached(0)`.
+    let seen = Seen::default();
+    let mut svc = ServiceBuilder::new()
+        .layer(seen.layer().ignore_abort(true).max_detached(0))
+        .service_fn(|_req: Request<()>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(full("never"))
+        });
+    let mut fut = Box::pin(svc.call(Request::new(())));
+    assert!(futures_poll(&mut fut).is_pending());
+    drop(fut);
+    let c = seen.wait_one().await;
+    assert!(c.status().is_aborted(), "{c:?}");
+    assert!(!c.detach_refused(), "{c:?}");
+    assert!(!c.continued(), "{c:?}");
 }

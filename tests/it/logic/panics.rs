@@ -133,8 +133,11 @@ async fn a_panic_in_the_inner_call_still_ends_the_lifecycle() {
     let seen = Seen::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut svc = ServiceBuilder::new().layer(seen.layer()).service_fn(
-        move |req: Request<()>| -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
-            tx.send(lifecycle_of(&req)).unwrap();
+        move |mut req: Request<()>| -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
+            // Taken out, so that no handle is dropped during the unwind:
+            // the layer itself must record the panic.
+            let lifecycle = req.extensions_mut().remove::<Lifecycle>().unwrap();
+            tx.send(lifecycle).unwrap();
             panic!("call boom")
         },
     );
@@ -147,4 +150,27 @@ async fn a_panic_in_the_inner_call_still_ends_the_lifecycle() {
     let c = seen.wait_one().await;
     assert!(c.panicked());
     assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
+}
+
+#[tokio::test]
+async fn a_panic_in_a_task_holding_the_handle_is_recorded() {
+    // The panic is nowhere near the layer's own polls: only the handle,
+    // dropped while that task unwinds, can tell.
+    let seen = Seen::default();
+    let svc = seen.service(|req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        async move {
+            let task = tokio::spawn(async move {
+                let _held = lifecycle;
+                panic!("a task of the handler");
+            });
+            assert!(task.await.is_err());
+            Ok::<_, Infallible>(full("x"))
+        }
+    });
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let c = seen.wait_one().await;
+    assert!(c.panicked(), "{c:?}");
+    assert_eq!(c.status(), ConnectionStatus::NORMAL);
 }
