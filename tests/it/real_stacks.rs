@@ -33,6 +33,18 @@ use tower_lifecycle::{ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
 use common::{get as get_req, layer, read_all, serve, within, Client, Proto, BOTH};
 
+/// Serves `app` on a loopback port and sends it `req` over `proto`: the
+/// response head, with its body still to read.
+async fn request(
+    app: Router<()>,
+    proto: Proto,
+    req: Request<Empty<Bytes>>,
+) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+    let addr = serve(app).await;
+    let (mut client, _conn) = Client::connect(addr, proto).await;
+    within("the response head", client.send(req)).await
+}
+
 // ---- a reader that stalls past the time limit ----
 
 /// One chunk of the long body: 64 KiB.
@@ -167,9 +179,7 @@ async fn a_panic_caught_by_catch_panic_layer_is_recorded_wherever_it_sits() {
         for route in ["/plain", "/extract"] {
             for proto in BOTH {
                 let (layer, mut done) = layer();
-                let addr = serve(panicking_router(catch, layer)).await;
-                let (mut client, _conn) = Client::connect(addr, proto).await;
-                let res = within("the 500", client.send(get_req(route)))
+                let res = request(panicking_router(catch, layer), proto, get_req(route))
                     .await
                     .unwrap();
                 assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -243,17 +253,16 @@ async fn timeout_layer_outside_looks_like_an_abort_inside_it_is_a_normal_408() {
         // This is why the layer belongs outermost (and `time_limit` replaces
         // TimeoutLayer); pinned here so a change shows.
         let (lifecycle, mut done) = layer();
-        let addr = serve(
+        let res = request(
             Router::new()
                 .route("/slow", get(slow))
                 .layer(lifecycle)
                 .layer(timeout()),
+            proto,
+            get_req("/slow"),
         )
-        .await;
-        let (mut client, _conn) = Client::connect(addr, proto).await;
-        let res = within("the 408", client.send(get_req("/slow")))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
         let c = done.next().await;
         assert_eq!(c.status(), ConnectionStatus::ABORTED, "{proto:?}: outside");
@@ -261,17 +270,16 @@ async fn timeout_layer_outside_looks_like_an_abort_inside_it_is_a_normal_408() {
 
         // Inside ours: the layer delivers TimeoutLayer's 408 like any answer.
         let (lifecycle, mut done) = layer();
-        let addr = serve(
+        let res = request(
             Router::new()
                 .route("/slow", get(slow))
                 .layer(timeout())
                 .layer(lifecycle),
+            proto,
+            get_req("/slow"),
         )
-        .await;
-        let (mut client, _conn) = Client::connect(addr, proto).await;
-        let res = within("the 408", client.send(get_req("/slow")))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
         read_all(res).await;
         let c = done.next().await;
@@ -284,16 +292,15 @@ async fn timeout_layer_outside_looks_like_an_abort_inside_it_is_a_normal_408() {
 
         // The layer's own limit: the handler's outcome says TIMEOUT.
         let (lifecycle, mut done) = layer();
-        let addr = serve(
+        let res = request(
             Router::new()
                 .route("/slow", get(slow))
                 .layer(lifecycle.time_limit(Duration::from_millis(50))),
+            proto,
+            get_req("/slow"),
         )
-        .await;
-        let (mut client, _conn) = Client::connect(addr, proto).await;
-        let res = within("the 503", client.send(get_req("/slow")))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         read_all(res).await;
         assert_eq!(done.next().await.status(), ConnectionStatus::TIMEOUT);
@@ -328,17 +335,16 @@ fn gzip_get(path: &str) -> Request<Empty<Bytes>> {
 async fn compression_outside_the_layer_ends_an_unfold_stream_cleanly() {
     for proto in BOTH {
         let (lifecycle, mut done) = layer();
-        let addr = serve(
+        let res = request(
             Router::new()
                 .route("/unfold", get(|| async { unfold_body() }))
                 .layer(lifecycle)
                 .layer(CompressionLayer::new()),
+            proto,
+            gzip_get("/unfold"),
         )
-        .await;
-        let (mut client, _conn) = Client::connect(addr, proto).await;
-        let res = within("the head", client.send(gzip_get("/unfold")))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(res.headers()[CONTENT_ENCODING], "gzip", "{proto:?}");
         let body = within("the whole body", res.into_body().collect())
             .await
@@ -361,25 +367,18 @@ async fn compression_outside_the_layer_ends_an_unfold_stream_cleanly() {
 async fn compression_inside_the_layer_cuts_an_unfold_stream_and_the_panic_is_recorded() {
     for proto in BOTH {
         let (lifecycle, mut done) = layer();
-        let addr = serve(
-            Router::new()
-                .route("/unfold", get(|| async { unfold_body() }))
-                .layer(CompressionLayer::new())
-                .layer(lifecycle),
-        )
-        .await;
-        let (mut client, _conn) = Client::connect(addr, proto).await;
+        let app = Router::new()
+            .route("/unfold", get(|| async { unfold_body() }))
+            .layer(CompressionLayer::new())
+            .layer(lifecycle);
         // hyper may have polled the body before it wrote the head: then
         // the head never comes either.
-        let read = within("the response", async {
-            client
-                .send(gzip_get("/unfold"))
-                .await?
-                .into_body()
-                .collect()
+        let read = match request(app, proto, gzip_get("/unfold")).await {
+            Ok(res) => within("the body", res.into_body().collect())
                 .await
-        })
-        .await;
+                .map(drop),
+            Err(err) => Err(err),
+        };
         assert!(read.is_err(), "{proto:?}: the cut response looked complete");
         let c = done.next().await;
         assert!(c.panicked(), "{proto:?}: {c:?}");
