@@ -17,7 +17,7 @@
 
 mod support;
 
-use support::{call, early_drop, hello, hello_with_hook, timeout, LIMIT};
+use support::{call, each_config, hello, Configs};
 
 use std::alloc::System;
 use std::fmt::Debug;
@@ -27,11 +27,10 @@ use std::mem::size_of;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
 use tower_lifecycle::{Lifecycle, LifecycleBody, LifecycleLayer, ResponseFuture};
 
 #[global_allocator]
@@ -47,29 +46,38 @@ struct Row {
     bytes: f64,
 }
 
-fn measure<S, B>(rt: &Runtime, name: &'static str, svc: S) -> Row
-where
-    S: Service<Request<()>, Response = Response<B>> + Clone,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
-{
-    rt.block_on(async {
-        assert_eq!(call(&svc).await, "hello world", "{name}");
-        for _ in 0..WARM_UP {
-            black_box(call(&svc).await);
-        }
-        let region = Region::new(GLOBAL);
-        for _ in 0..REQUESTS {
-            black_box(call(&svc).await);
-        }
-        let change = region.change();
-        Row {
-            name,
-            allocs: (change.allocations + change.reallocations) as f64 / REQUESTS as f64,
-            bytes: change.bytes_allocated as f64 / REQUESTS as f64,
-        }
-    })
+/// Measures each configuration into a row.
+struct Rows<'a> {
+    rt: &'a Runtime,
+    rows: Vec<Row>,
+}
+
+impl Configs for Rows<'_> {
+    fn config<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S::Error: Debug,
+        B: Body,
+        B::Error: Debug,
+    {
+        let row = self.rt.block_on(async {
+            assert_eq!(call(&svc).await, "hello world", "{name}");
+            for _ in 0..WARM_UP {
+                black_box(call(&svc).await);
+            }
+            let region = Region::new(GLOBAL);
+            for _ in 0..REQUESTS {
+                black_box(call(&svc).await);
+            }
+            let change = region.change();
+            Row {
+                name,
+                allocs: (change.allocations + change.reallocations) as f64 / REQUESTS as f64,
+                bytes: change.bytes_allocated as f64 / REQUESTS as f64,
+            }
+        });
+        self.rows.push(row);
+    }
 }
 
 fn future_size<S: Service<Request<()>>>(_: &S) -> usize {
@@ -89,78 +97,12 @@ fn main() {
         .build()
         .unwrap();
 
-    let rows = [
-        measure(&rt, "bare", ServiceBuilder::new().service_fn(hello)),
-        measure(
-            &rt,
-            "lifecycle_default",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new())
-                .service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "lifecycle_hook",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new())
-                .service_fn(hello_with_hook),
-        ),
-        measure(
-            &rt,
-            "lifecycle_time_limit",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new().time_limit(LIMIT))
-                .service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "lifecycle_ignore_abort",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new().ignore_abort(true))
-                .service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "lifecycle_full",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new().time_limit(LIMIT).ignore_abort(true))
-                .service_fn(hello_with_hook),
-        ),
-        measure(
-            &rt,
-            "lifecycle_no_detach",
-            ServiceBuilder::new()
-                .layer(LifecycleLayer::new().max_detached(0))
-                .service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "tower_http_early_drop",
-            ServiceBuilder::new().layer(early_drop()).service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "tower_http_timeout",
-            ServiceBuilder::new().layer(timeout()).service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "tower_http_early_drop_plus_timeout",
-            ServiceBuilder::new()
-                .layer(early_drop())
-                .layer(timeout())
-                .service_fn(hello),
-        ),
-        measure(
-            &rt,
-            "tower_http_trace",
-            ServiceBuilder::new()
-                // `TraceLayer` wants a request body that is a `Body`.
-                .map_request(|req: Request<()>| req.map(|()| Empty::<Bytes>::new()))
-                .layer(TraceLayer::new_for_http())
-                .service_fn(hello),
-        ),
-    ];
+    let mut rows = Rows {
+        rt: &rt,
+        rows: Vec::new(),
+    };
+    each_config(&mut rows);
+    let rows = rows.rows;
 
     println!("## Allocations per request ({REQUESTS} requests after {WARM_UP} warm-up)\n");
     println!("| config | allocs/request | bytes/request | allocs over bare |");

@@ -16,31 +16,37 @@
 
 mod support;
 
-use support::{call, early_drop, hello, hello_with_hook, timeout, LIMIT};
+use support::{call, each_config, Configs};
 
 use std::fmt::Debug;
 
-use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::Empty;
 use tokio::runtime::Runtime;
-use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
-use tower_lifecycle::LifecycleLayer;
+use tower::Service;
 
-fn bench<S, B>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
-where
-    S: Service<Request<()>, Response = Response<B>> + Clone,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
-{
-    // Check once that the configuration answers what the handler said.
-    assert_eq!(rt.block_on(call(&svc)), "hello world", "{name}");
-    group.bench_function(name, |b| b.to_async(rt).iter(|| call(&svc)));
+/// Benches each configuration in one criterion group.
+struct Bench<'a, 'b> {
+    group: BenchmarkGroup<'a, WallTime>,
+    rt: &'b Runtime,
+}
+
+impl Configs for Bench<'_, '_> {
+    fn config<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S::Error: Debug,
+        B: Body,
+        B::Error: Debug,
+    {
+        let rt = self.rt;
+        // Check once that the configuration answers what the handler said.
+        assert_eq!(rt.block_on(call(&svc)), "hello world", "{name}");
+        self.group
+            .bench_function(name, |b| b.to_async(rt).iter(|| call(&svc)));
+    }
 }
 
 fn overhead(c: &mut Criterion) {
@@ -48,95 +54,12 @@ fn overhead(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group("overhead");
-
-    bench(
-        &mut group,
-        &rt,
-        "bare",
-        ServiceBuilder::new().service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_default",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new())
-            .service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_hook",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new())
-            .service_fn(hello_with_hook),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_time_limit",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new().time_limit(LIMIT))
-            .service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_ignore_abort",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new().ignore_abort(true))
-            .service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_full",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new().time_limit(LIMIT).ignore_abort(true))
-            .service_fn(hello_with_hook),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "lifecycle_no_detach",
-        ServiceBuilder::new()
-            .layer(LifecycleLayer::new().max_detached(0))
-            .service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "tower_http_early_drop",
-        ServiceBuilder::new().layer(early_drop()).service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "tower_http_timeout",
-        ServiceBuilder::new().layer(timeout()).service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "tower_http_early_drop_plus_timeout",
-        ServiceBuilder::new()
-            .layer(early_drop())
-            .layer(timeout())
-            .service_fn(hello),
-    );
-    bench(
-        &mut group,
-        &rt,
-        "tower_http_trace",
-        ServiceBuilder::new()
-            // `TraceLayer` wants a request body that is a `Body`.
-            .map_request(|req: Request<()>| req.map(|()| Empty::<Bytes>::new()))
-            .layer(TraceLayer::new_for_http())
-            .service_fn(hello),
-    );
-
-    group.finish();
+    let mut bench = Bench {
+        group: c.benchmark_group("overhead"),
+        rt: &rt,
+    };
+    each_config(&mut bench);
+    bench.group.finish();
 }
 
 criterion_group!(benches, overhead);

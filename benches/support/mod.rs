@@ -1,6 +1,7 @@
-//! What the overhead and allocation benches share: the handler every
-//! configuration serves, one request through a service, and the tower-http
-//! layers they compare with.
+//! What the overhead and allocation benches share: the configurations they
+//! compare (written once, in [`each_config`]), the handler every one serves,
+//! one request through a service, and the tower-http layers they compare
+//! with.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -11,11 +12,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{response::Parts, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::Empty;
 use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_lifecycle::Lifecycle;
+use tower_http::trace::TraceLayer;
+use tower_lifecycle::{Lifecycle, LifecycleLayer};
 
 /// The time limit of the configurations that set one.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -73,4 +76,79 @@ pub fn early_drop() -> EarlyDrop {
 /// `TimeoutLayer` answering 503, as `LifecycleLayer::time_limit` does.
 pub fn timeout() -> TimeoutLayer {
     TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, LIMIT)
+}
+
+/// What a bench does with each configuration: gets its name and a service.
+pub trait Configs {
+    fn config<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S::Error: Debug,
+        B: Body,
+        B::Error: Debug;
+}
+
+/// Hands every configuration to `c`, in table order: no layer first, then
+/// the layer's configurations, then the tower-http layers.
+pub fn each_config(c: &mut impl Configs) {
+    c.config("bare", ServiceBuilder::new().service_fn(hello));
+    c.config(
+        "lifecycle_default",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello),
+    );
+    c.config(
+        "lifecycle_hook",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello_with_hook),
+    );
+    c.config(
+        "lifecycle_time_limit",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().time_limit(LIMIT))
+            .service_fn(hello),
+    );
+    c.config(
+        "lifecycle_ignore_abort",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().ignore_abort(true))
+            .service_fn(hello),
+    );
+    c.config(
+        "lifecycle_full",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().time_limit(LIMIT).ignore_abort(true))
+            .service_fn(hello_with_hook),
+    );
+    c.config(
+        "lifecycle_no_detach",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().max_detached(0))
+            .service_fn(hello),
+    );
+    c.config(
+        "tower_http_early_drop",
+        ServiceBuilder::new().layer(early_drop()).service_fn(hello),
+    );
+    c.config(
+        "tower_http_timeout",
+        ServiceBuilder::new().layer(timeout()).service_fn(hello),
+    );
+    c.config(
+        "tower_http_early_drop_plus_timeout",
+        ServiceBuilder::new()
+            .layer(early_drop())
+            .layer(timeout())
+            .service_fn(hello),
+    );
+    c.config(
+        "tower_http_trace",
+        ServiceBuilder::new()
+            // `TraceLayer` wants a request body that is a `Body`.
+            .map_request(|req: Request<()>| req.map(|()| Empty::<Bytes>::new()))
+            .layer(TraceLayer::new_for_http())
+            .service_fn(hello),
+    );
 }
