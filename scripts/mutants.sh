@@ -19,7 +19,8 @@ command -v cargo-mutants >/dev/null || {
   exit 1
 }
 
-suites=(--lib --test it --test panic_hook)
+# Build and run only these targets (not the examples, nor the other tests).
+targets=(-C=--lib -C=--test=it -C=--test=panic_hook)
 
 export CARGO_PROFILE_DEV_DEBUG=0
-exec cargo mutants --all-features --jobs 1 --timeout 120 "$@" -- "${suites[@]}"
+exec cargo mutants --all-features --jobs 1 --timeout 120 "${targets[@]}" "$@"
