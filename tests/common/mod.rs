@@ -216,3 +216,29 @@ pub fn logs() -> String {
 /// Held by the tests that count a warning in [`logs`] while they cause it,
 /// so that no other test of the binary emits the same warning meanwhile.
 pub static COUNTED_WARNINGS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A request in flight on a client connection of its own, sent from a task.
+pub struct InFlight {
+    request: tokio::task::JoinHandle<()>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl InFlight {
+    /// Connects to `addr` and sends a GET for `path`, in a task.
+    pub async fn start(addr: SocketAddr, proto: Proto, path: &str) -> InFlight {
+        let (mut client, conn) = Client::connect(addr, proto).await;
+        let req = get(path);
+        let request = tokio::spawn(async move {
+            let _ = client.send(req).await;
+        });
+        InFlight { request, conn }
+    }
+
+    /// Drops the request and the client connection: the server sees the
+    /// socket close (HTTP/1.1) or the stream reset, then the connection
+    /// close (HTTP/2).
+    pub fn leave(self) {
+        self.request.abort();
+        self.conn.abort();
+    }
+}

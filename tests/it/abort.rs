@@ -30,13 +30,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_lifecycle::{
     Completion, ConnectionStatus, Lifecycle, LifecycleBody, LifecycleLayer, Phase,
 };
 
-use common::{within, Client, Completions, Proto, BOTH};
+use common::{within, Client, Completions, InFlight, Proto, BOTH};
 
 /// Answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -272,11 +271,7 @@ impl Server {
 
     /// Starts a request for `path` on a new connection, in a task.
     async fn start_request(&self, proto: Proto, path: &'static str) -> InFlight {
-        let (mut client, conn) = Client::connect(self.addr, proto).await;
-        let request = tokio::spawn(async move {
-            let _ = client.send(common::get(path)).await;
-        });
-        InFlight { request, conn }
+        InFlight::start(self.addr, proto, path).await
     }
 
     /// Leaves a pending request before the head (dropping the request and
@@ -289,22 +284,6 @@ impl Server {
         self.expect_aborted_before_head(&mut running).await;
         let mut client = self.connect(proto).await;
         self.expect_normal(&mut client, &running).await;
-    }
-}
-
-/// A request in flight on a connection of its own.
-struct InFlight {
-    request: JoinHandle<()>,
-    conn: JoinHandle<()>,
-}
-
-impl InFlight {
-    /// Drops the request and the client connection. Over HTTP/1.1 that
-    /// closes the socket; over HTTP/2 hyper resets the stream, then closes
-    /// the connection it no longer has a handle on.
-    fn leave(self) {
-        self.request.abort();
-        self.conn.abort();
     }
 }
 

@@ -31,12 +31,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder};
 use tower_lifecycle::{Completion, ConnectionStatus, Drain, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, Proto, BOTH};
+use common::{within, Client, Completions, InFlight, Proto, BOTH};
 
 /// `after_response` work, then a body the test feeds through a channel.
 const AFTER_STREAM: &str = "/after/stream";
@@ -329,26 +328,7 @@ impl Server {
 
     /// Starts a request for `path` on a new connection, in a task.
     async fn start_request(&self, proto: Proto, path: &'static str) -> InFlight {
-        let (mut client, conn) = Client::connect(self.addr, proto).await;
-        let request = tokio::spawn(async move {
-            let _ = client.send(common::get(path)).await;
-        });
-        InFlight { request, conn }
-    }
-}
-
-/// A request in flight on a connection of its own.
-struct InFlight {
-    request: JoinHandle<()>,
-    conn: JoinHandle<()>,
-}
-
-impl InFlight {
-    /// Drops the request and the client connection: the server sees the
-    /// socket close (HTTP/1.1) or the stream reset (HTTP/2).
-    fn leave(self) {
-        self.request.abort();
-        self.conn.abort();
+        InFlight::start(self.addr, proto, path).await
     }
 }
 

@@ -26,11 +26,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, Proto, BOTH};
+use common::{within, Client, Completions, InFlight, Proto, BOTH};
 
 /// Any path that is not a job answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -368,20 +367,6 @@ async fn send_all(tx: &mut BodySender, chunks: impl IntoIterator<Item = Bytes>) 
     sent
 }
 
-/// A client with one request in flight on a connection of its own.
-struct Visit {
-    request: JoinHandle<()>,
-    conn: JoinHandle<()>,
-}
-
-impl Visit {
-    /// Drops the request and closes the connection.
-    fn leave(self) {
-        self.request.abort();
-        self.conn.abort();
-    }
-}
-
 /// A server under test and the test's ends of its probe and layer.
 struct Server {
     addr: SocketAddr,
@@ -421,12 +406,8 @@ impl Server {
     }
 
     /// Starts a request for `path` on a new connection, in a task.
-    async fn visit(&self, proto: Proto, path: String) -> Visit {
-        let (mut client, conn) = Client::connect(self.addr, proto).await;
-        let request = tokio::spawn(async move {
-            let _ = client.send(common::get(&path)).await;
-        });
-        Visit { request, conn }
+    async fn visit(&self, proto: Proto, path: String) -> InFlight {
+        InFlight::start(self.addr, proto, &path).await
     }
 
     /// Starts a [`Work::Hold`] job and leaves once its handler runs, before
@@ -657,7 +638,7 @@ async fn max_detached_bounds_continuing_requests() {
         for _ in 0..BURST {
             jobs.push(server.job().await);
         }
-        visits.into_iter().for_each(Visit::leave);
+        visits.into_iter().for_each(InFlight::leave);
 
         // A job continues if its handler saw the abort; a refused one was
         // dropped, its hook run.

@@ -30,12 +30,11 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, Proto, BOTH};
+use common::{within, Client, Completions, InFlight, Proto, BOTH};
 
 /// The time limit of most tests.
 const LIMIT: Duration = Duration::from_millis(200);
@@ -736,29 +735,6 @@ async fn set_time_limit_none_lets_a_stream_outlive_the_layer_limit() {
     }
 }
 
-/// A request in flight on a connection of its own.
-struct Visit {
-    request: JoinHandle<()>,
-    conn: JoinHandle<()>,
-}
-
-impl Visit {
-    /// Starts a request for `route` on a new connection, in a task.
-    async fn start(addr: SocketAddr, proto: Proto, route: Route) -> Visit {
-        let (mut client, conn) = Client::connect(addr, proto).await;
-        let request = tokio::spawn(async move {
-            let _ = client.send(common::get(route.path())).await;
-        });
-        Visit { request, conn }
-    }
-
-    /// Drops the request and closes the connection.
-    fn leave(self) {
-        self.request.abort();
-        self.conn.abort();
-    }
-}
-
 /// 5. Ignore-abort on, the client leaves before the head, and the handler
 ///    continues past the limit: it is dropped at the limit, and the hooks
 ///    run once with ABORTED and TIMEOUT, in the continued phase.
@@ -767,7 +743,7 @@ async fn a_continued_handler_past_the_limit_is_cancelled_aborted_and_timed_out()
     let mut server =
         Server::start(|layer| layer.ignore_abort(true).time_limit(RESTART_LIMIT)).await;
     for proto in BOTH {
-        let visit = Visit::start(server.addr, proto, Route::Continue).await;
+        let visit = InFlight::start(server.addr, proto, Route::Continue.path()).await;
         let mut job = server.job().await;
         visit.leave();
         assert_eq!(job.next().await, Event::Continuing, "{proto:?}");
