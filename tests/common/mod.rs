@@ -242,3 +242,41 @@ impl InFlight {
         self.conn.abort();
     }
 }
+
+/// What a test reads of one request's events, in the order they happened.
+pub struct EventReader<E>(pub mpsc::UnboundedReceiver<E>);
+
+impl<E> EventReader<E> {
+    /// The next event, failing the test if none comes within [`WAIT`].
+    pub async fn next(&mut self) -> E {
+        within("the request's next event", self.0.recv())
+            .await
+            .expect("the request ended without another event")
+    }
+
+    /// The events left, once every sender is gone (the handler, its
+    /// producer, its continued work and its hook).
+    pub async fn rest(&mut self) -> Vec<E> {
+        within("the request's events to end", async {
+            let mut events = Vec::new();
+            while let Some(event) = self.0.recv().await {
+                events.push(event);
+            }
+            events
+        })
+        .await
+    }
+}
+
+/// The test's end of a gate a handler (or its producer, or its continued
+/// work) waits at; it opens once.
+pub struct Opener(pub Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Opener {
+    /// Lets whoever waits past the gate.
+    pub fn open(&mut self) {
+        if let Some(gate) = self.0.take() {
+            let _ = gate.send(());
+        }
+    }
+}

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, InFlight, Proto, BOTH};
+use common::{within, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
 
 /// Any path that is not a job answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -193,38 +193,11 @@ impl Drop for DropGuard<'_> {
 /// The test's end of one job.
 struct Job {
     lifecycle: Lifecycle,
-    gate: Option<oneshot::Sender<()>>,
-    events: mpsc::UnboundedReceiver<Event>,
+    gate: Opener,
+    events: EventReader<Event>,
 }
 
-impl Job {
-    /// Lets the handler (or the producer) past its gate.
-    fn open(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.send(());
-        }
-    }
-
-    /// The job's next event.
-    async fn next(&mut self) -> Event {
-        within("the job's next event", self.events.recv())
-            .await
-            .expect("the job ended without another event")
-    }
-
-    /// The job's remaining events, once handler, producer and hook are all
-    /// gone.
-    async fn rest(&mut self) -> Vec<Event> {
-        within("the job's events to end", async {
-            let mut events = Vec::new();
-            while let Some(event) = self.events.recv().await {
-                events.push(event);
-            }
-            events
-        })
-        .await
-    }
-}
+impl Job {}
 
 /// The events of a job whose handler was dropped: `Dropped` and one `Hook`,
 /// in either order (the hooks run as the response future is dropped, the
@@ -285,8 +258,8 @@ impl Probe {
         let (key, gate) = oneshot::channel();
         let _ = self.jobs.send(Job {
             lifecycle: lifecycle.clone(),
-            gate: Some(key),
-            events: receiver,
+            gate: Opener(Some(key)),
+            events: EventReader(receiver),
         });
         (events, gate)
     }
@@ -456,14 +429,21 @@ impl Server {
     /// keeps running, and only once it finished do the hooks run, once.
     async fn continues_before_head(&mut self, proto: Proto, policy: Policy) {
         let mut job = self.leave_before_head(proto, policy).await;
-        assert_eq!(job.next().await, Event::Continuing, "{proto:?} {policy:?}");
+        assert_eq!(
+            job.events.next().await,
+            Event::Continuing,
+            "{proto:?} {policy:?}"
+        );
         assert!(job.lifecycle.is_aborted());
         self.done.assert_none();
-        job.open();
+        job.gate.open();
         let done = self.done.next().await;
         Outcome::Continued.check(&done);
         assert_eq!(done.bytes_sent(), 0, "{done:?}");
-        assert_eq!(job.rest().await, [Event::Finished, Event::Hook(done)]);
+        assert_eq!(
+            job.events.rest().await,
+            [Event::Finished, Event::Hook(done)]
+        );
         self.expect_normal(proto).await;
     }
 
@@ -473,7 +453,7 @@ impl Server {
         let mut job = self.leave_before_head(proto, policy).await;
         let done = self.done.next().await;
         Outcome::Cancelled(Phase::Handler).check(&done);
-        assert_eq!(hook_of_dropped(job.rest().await), done);
+        assert_eq!(hook_of_dropped(job.events.rest().await), done);
         self.expect_normal(proto).await;
     }
 
@@ -484,12 +464,12 @@ impl Server {
         let mut job = self.leave_mid_body(proto, policy).await;
         within("the abort", job.lifecycle.aborted()).await;
         self.done.assert_none();
-        job.open();
+        job.gate.open();
         let done = self.done.next().await;
         Outcome::Continued.check(&done);
         assert_body_head(&done);
         assert_eq!(
-            job.rest().await,
+            job.events.rest().await,
             [Event::Produced(HEAD.len() + TAIL), Event::Hook(done)],
             "{proto:?} {policy:?}"
         );
@@ -506,9 +486,9 @@ impl Server {
         // The hooks run inside the body's drop, just before the inner body
         // goes; on this single-threaded runtime that drop is over before the
         // test runs again, so the producer's next send finds no receiver.
-        job.open();
+        job.gate.open();
         assert_eq!(
-            job.rest().await,
+            job.events.rest().await,
             [Event::Hook(done), Event::Produced(HEAD.len())],
             "{proto:?} {policy:?}"
         );
@@ -644,11 +624,11 @@ async fn max_detached_bounds_continuing_requests() {
         // dropped, its hook run.
         let mut continuing = Vec::new();
         for mut job in jobs {
-            match job.next().await {
+            match job.events.next().await {
                 Event::Continuing => continuing.push(job),
                 first => {
                     let mut events = vec![first];
-                    events.extend(job.rest().await);
+                    events.extend(job.events.rest().await);
                     Outcome::Refused.check(&hook_of_dropped(events));
                 }
             }
@@ -664,12 +644,12 @@ async fn max_detached_bounds_continuing_requests() {
         // The continuing jobs hold their slots; a normal request is served.
         server.expect_normal(proto).await;
 
-        continuing.iter_mut().for_each(Job::open);
+        continuing.iter_mut().for_each(|job| job.gate.open());
         for _ in 0..MAX_DETACHED {
             Outcome::Continued.check(&server.done.next().await);
         }
         for mut job in continuing {
-            match job.rest().await.as_slice() {
+            match job.events.rest().await.as_slice() {
                 [Event::Finished, Event::Hook(done)] => Outcome::Continued.check(done),
                 other => panic!("{proto:?}: expected the job finished, then its hook: {other:?}"),
             }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, InFlight, Proto, BOTH};
+use common::{within, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
 
 /// The time limit of most tests.
 const LIMIT: Duration = Duration::from_millis(200);
@@ -159,38 +159,11 @@ struct Job {
     /// When the handler started, and the deadline it saw then.
     entered: Instant,
     deadline: Option<Instant>,
-    gate: Option<oneshot::Sender<()>>,
-    events: mpsc::UnboundedReceiver<Event>,
+    gate: Opener,
+    events: EventReader<Event>,
 }
 
 impl Job {
-    /// Lets the handler, producer or continued work past its gate.
-    fn open(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.send(());
-        }
-    }
-
-    /// The job's next event.
-    async fn next(&mut self) -> Event {
-        within("the job's next event", self.events.recv())
-            .await
-            .expect("the job ended without another event")
-    }
-
-    /// The job's remaining events, once handler, producer, continued work
-    /// and hook are all gone. The gate stays shut unless it was opened.
-    async fn rest(&mut self) -> Vec<Event> {
-        within("the job's events to end", async {
-            let mut events = Vec::new();
-            while let Some(event) = self.events.recv().await {
-                events.push(event);
-            }
-            events
-        })
-        .await
-    }
-
     /// Asserts that the deadline the handler saw when it started was at
     /// most `limit` away (and not one further off).
     fn assert_deadline_within(&self, limit: Duration) {
@@ -224,8 +197,8 @@ impl Probe {
             lifecycle: lifecycle.clone(),
             entered,
             deadline: lifecycle.deadline(),
-            gate: Some(key),
-            events: receiver,
+            gate: Opener(Some(key)),
+            events: EventReader(receiver),
         });
         (events, gate)
     }
@@ -425,7 +398,7 @@ fn assert_timed_out(done: &Completion, phase: Phase, limit: Duration) {
 /// cancelled: dropped, then the hook, once, with `done`.
 async fn assert_dropped_then_hook(job: &mut Job, done: &Completion) {
     assert_eq!(
-        job.rest().await,
+        job.events.rest().await,
         [Event::Dropped, Event::Hook(done.clone())],
         "the work must be dropped before the hook runs, and the hook run once"
     );
@@ -595,7 +568,7 @@ async fn a_malformed_grpc_timeout_is_ignored() {
             "{timeout}: {done:?}"
         );
         assert_eq!(done.phase(), Phase::Body, "{timeout}: {done:?}");
-        assert_eq!(job.rest().await, [Event::Hook(done)], "{timeout}");
+        assert_eq!(job.events.rest().await, [Event::Hook(done)], "{timeout}");
     }
     server.done.assert_none();
 }
@@ -646,9 +619,9 @@ async fn the_limit_reached_mid_body_cuts_the_body_with_an_error() {
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{done:?}");
         // The body was dropped before the hooks ran: the producer's next
         // send fails.
-        job.open();
+        job.gate.open();
         assert_eq!(
-            job.rest().await,
+            job.events.rest().await,
             [Event::Hook(done), Event::Produced(1)],
             "{proto:?}"
         );
@@ -688,7 +661,7 @@ async fn set_time_limit_restarts_the_clock() {
             done.elapsed() >= RESTART_LIMIT + PAST,
             "it should have outlived the original deadline: {done:?}"
         );
-        match job.rest().await.as_slice() {
+        match job.events.rest().await.as_slice() {
             [Event::Restarted { original, renewed }, Event::Hook(hooked)] => {
                 assert_eq!(Some(*original), job.deadline, "{proto:?}");
                 assert!(renewed > original, "{proto:?}");
@@ -727,7 +700,7 @@ async fn set_time_limit_none_lets_a_stream_outlive_the_layer_limit() {
         );
         assert!(done.elapsed() >= LIMIT + PAST, "{done:?}");
         assert_eq!(
-            job.rest().await,
+            job.events.rest().await,
             [Event::Removed(None), Event::Produced(2), Event::Hook(done)],
             "{proto:?}"
         );
@@ -746,7 +719,7 @@ async fn a_continued_handler_past_the_limit_is_cancelled_aborted_and_timed_out()
         let visit = InFlight::start(server.addr, proto, Route::Continue.path()).await;
         let mut job = server.job().await;
         visit.leave();
-        assert_eq!(job.next().await, Event::Continuing, "{proto:?}");
+        assert_eq!(job.events.next().await, Event::Continuing, "{proto:?}");
         assert!(job.lifecycle.is_aborted());
 
         let done = server.done.next().await;
@@ -781,7 +754,11 @@ async fn continued_work_past_the_limit_is_cancelled() {
             assert_eq!(res.status(), StatusCode::OK, "{route:?} {proto:?}");
             assert_eq!(common::read_all(res).await, HELLO, "{route:?} {proto:?}");
             let mut job = server.job().await;
-            assert_eq!(job.next().await, Event::Started, "{route:?} {proto:?}");
+            assert_eq!(
+                job.events.next().await,
+                Event::Started,
+                "{route:?} {proto:?}"
+            );
 
             let done = server.done.next().await;
             assert_timed_out(&done, Phase::Continued, LIMIT);
