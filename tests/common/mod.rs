@@ -280,3 +280,10 @@ impl Opener {
         }
     }
 }
+
+/// What the tests feed a streamed body, one chunk at a time.
+pub const CHUNKS: [&str; 3] = ["first chunk,", " the second,", " and the third"];
+
+/// The test's end of a streamed body: an `http_body_util` channel, one data
+/// frame per send; sending fails once the body is dropped.
+pub type BodySender = http_body_util::channel::Sender<Bytes, Infallible>;

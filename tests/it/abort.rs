@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::{self, Channel};
+use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ use tower_lifecycle::{
     Completion, ConnectionStatus, Lifecycle, LifecycleBody, LifecycleLayer, Phase,
 };
 
-use common::{within, Client, Completions, InFlight, Proto, BOTH};
+use common::{within, BodySender, Client, Completions, InFlight, Proto, BOTH, CHUNKS};
 
 /// Answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -45,13 +45,6 @@ const PENDING: &str = "/pending";
 const STREAM: &str = "/stream";
 
 const HELLO: &str = "hello";
-/// What the test feeds a streamed body, one chunk at a time.
-const CHUNKS: [&str; 3] = ["first chunk,", " the second,", " and the third"];
-
-/// The test's end of a streamed body: an `http_body_util` channel, one
-/// data frame per send; sending fails once the body is dropped.
-type BodySender = channel::Sender<Bytes, Infallible>;
-
 /// What a handler reports once it is running.
 struct Running {
     lifecycle: Lifecycle,

@@ -25,7 +25,7 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::{self, Channel};
+use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder};
 use tower_lifecycle::{Completion, ConnectionStatus, Drain, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, InFlight, Proto, BOTH};
+use common::{within, BodySender, Client, Completions, InFlight, Proto, BOTH, CHUNKS};
 
 /// `after_response` work, then a body the test feeds through a channel.
 const AFTER_STREAM: &str = "/after/stream";
@@ -57,12 +57,6 @@ const NEWSLETTER: &str = "/newsletter";
 
 const ACCEPTED: &str = "accepted";
 const OK: &str = "ok";
-/// What the test feeds a streamed body, one chunk at a time.
-const CHUNKS: [&str; 3] = ["first chunk,", " the second,", " and the third"];
-
-/// The test's end of a streamed body.
-type BodySender = channel::Sender<Bytes, Infallible>;
-
 /// The events of one request, in the order they happened.
 #[derive(Clone)]
 struct Log(Arc<watch::Sender<Vec<String>>>);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::{self, Channel};
+use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
+use common::{within, BodySender, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
 
 /// Any path that is not a job answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -67,8 +67,6 @@ enum Event {
 
 type Events = mpsc::UnboundedSender<Event>;
 type Gate = oneshot::Receiver<()>;
-type BodySender = channel::Sender<Bytes, Infallible>;
-
 /// What a job does.
 #[derive(Clone, Copy, Debug)]
 enum Work {

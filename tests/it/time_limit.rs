@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TE};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::channel::{self, Channel};
+use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
+use common::{within, BodySender, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
 
 /// The time limit of most tests.
 const LIMIT: Duration = Duration::from_millis(200);
@@ -133,7 +133,6 @@ enum Event {
 
 type Events = mpsc::UnboundedSender<Event>;
 type Gate = oneshot::Receiver<()>;
-type BodySender = channel::Sender<Bytes, Infallible>;
 type ResBody = BoxBody<Bytes, Infallible>;
 
 /// Reports [`Event::Dropped`] when dropped before it was disarmed.

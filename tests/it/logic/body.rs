@@ -137,3 +137,34 @@ fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
     assert_send_static(&lifecycle.aborted());
     drop(fut);
 }
+
+#[tokio::test]
+async fn the_inner_body_is_reachable_until_it_ended_inline_or_boxed() {
+    for max_detached in [0, 1] {
+        // With continuing off the body lives inline, else it is boxed.
+        let svc = ServiceBuilder::new()
+            .layer(LifecycleLayer::new().max_detached(max_detached))
+            .service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"])))
+            });
+        let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+        assert_eq!(body.get_ref().map(Chunks::remaining), Some(2));
+        body.get_mut()
+            .expect("not ended")
+            .chunks
+            .push_back(Bytes::from_static(b"c"));
+        let pinned = Pin::new(&mut body).get_pin_mut().expect("not ended");
+        assert_eq!(pinned.remaining(), 3, "max_detached({max_detached})");
+        let debug = format!("{body:?}");
+        assert!(debug.contains("complete: false"), "{debug}");
+        assert!(debug.contains("ended: false"), "{debug}");
+
+        while let Poll::Ready(Some(_)) = poll_once(&mut body) {}
+        assert!(body.get_ref().is_none(), "dropped at its end");
+        assert!(body.get_mut().is_none());
+        assert!(Pin::new(&mut body).get_pin_mut().is_none());
+        let debug = format!("{body:?}");
+        assert!(debug.contains("bytes_sent: 3"), "{debug}");
+        assert!(debug.contains("ended: true"), "{debug}");
+    }
+}
