@@ -20,7 +20,7 @@ command -v cargo-mutants >/dev/null || {
 }
 
 # Build and run only these targets (not the examples, nor the other tests).
-targets=(-C=--lib -C=--test=it -C=--test=panic_hook)
+targets=(-C=--lib -C=--test=it -C=--test=panic_hook -C=--test=events)
 
 export CARGO_PROFILE_DEV_DEBUG=0
 exec cargo mutants --all-features --jobs 1 --timeout 120 "${targets[@]}" "$@"

@@ -335,3 +335,31 @@ async fn a_blocking_hook_delays_only_its_own_request() {
     tokio::time::timeout(WAIT, blocked).await.unwrap().unwrap();
     assert_eq!(seen.wait_for(2).await.len(), 2);
 }
+
+#[test]
+fn when_the_runtime_shuts_down_the_hooks_after_a_pending_async_hook_still_run() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Seen::default();
+    let log = Log::default();
+    let l = log.clone();
+    let svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        lifecycle.on_shutdown_async(|_| std::future::pending());
+        let l = l.clone();
+        lifecycle.on_shutdown(move |done| l.push(format!("after:{}", done.status())));
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    rt.block_on(async {
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    });
+    assert!(log.get().is_empty(), "the async hook is still pending");
+    // The task that carries the rest of the chain is dropped with the
+    // runtime: the sync hook and `on_complete` run all the same.
+    drop(rt);
+    assert_eq!(log.get(), ["after:normal"]);
+    assert_eq!(seen.all().len(), 1);
+}
