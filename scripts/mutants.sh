@@ -7,6 +7,7 @@
 #   scripts/mutants.sh                 # everything (hours on 2 cores)
 #   scripts/mutants.sh --shard 0/4     # one quarter; run k = 0..3
 #   scripts/mutants.sh --in-diff d.diff  # only what a change touched
+#   scripts/mutants.sh --iterate       # skip what an interrupted run caught
 #
 # Extra arguments go to cargo-mutants. Results land in mutants.out/
 # (outcomes.json, caught.txt, missed.txt, timeout.txt, unviable.txt).
@@ -23,4 +24,4 @@ command -v cargo-mutants >/dev/null || {
 targets=(-C=--lib -C=--test=it -C=--test=panic_hook -C=--test=events)
 
 export CARGO_PROFILE_DEV_DEBUG=0
-exec cargo mutants --all-features --jobs 1 --timeout 120 "${targets[@]}" "$@"
+exec cargo mutants --all-features --jobs 1 --timeout 60 "${targets[@]}" "$@"

@@ -279,7 +279,8 @@ impl<B> LifecycleBody<B> {
     pub fn get_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
         match self.project().inner.project() {
             InnerProj::Gone => None,
-            InnerProj::Boxed { future } if future.is_none() => None,
+            // A boxed body is only taken out (to continue it) while the
+            // body is dropped, never while it can be reached here.
             inner => Some(inner.get()),
         }
     }

@@ -135,7 +135,13 @@ fn handle_future_and_body_are_send_and_sync_where_they_should_be() {
     let fut = svc.call(Request::new(()));
     let lifecycle = rx.recv().unwrap();
     assert_send_static(&lifecycle.aborted());
+    assert!(format!("{lifecycle:?}").contains("ended: false"));
     drop(fut);
+    let debug = format!("{lifecycle:?}");
+    assert!(
+        debug.contains("aborted") && debug.contains("ended: true"),
+        "{debug}"
+    );
 }
 
 #[tokio::test]
@@ -165,6 +171,60 @@ async fn the_inner_body_is_reachable_until_it_ended_inline_or_boxed() {
         assert!(Pin::new(&mut body).get_pin_mut().is_none());
         let debug = format!("{body:?}");
         assert!(debug.contains("bytes_sent: 3"), "{debug}");
+        assert!(debug.contains("complete: true"), "{debug}");
         assert!(debug.contains("ended: true"), "{debug}");
     }
+}
+
+#[tokio::test]
+async fn the_response_future_shows_whether_it_is_done() {
+    let mut svc = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(full("x")) });
+    let mut fut = Box::pin(svc.call(Request::head("/").body(()).unwrap()));
+    let debug = format!("{fut:?}");
+    assert!(
+        debug.contains("done: false") && debug.contains("Head"),
+        "{debug}"
+    );
+    let res = fut.as_mut().await.unwrap();
+    assert!(format!("{fut:?}").contains("done: true"));
+    drop(res);
+}
+
+#[test]
+fn the_layer_and_the_service_show_their_settings() {
+    let layer = LifecycleLayer::new()
+        .ignore_abort(true)
+        .max_detached(3)
+        .time_limit(Duration::from_secs(2))
+        .record_caught_panics(false);
+    let debug = format!("{layer:?}");
+    for part in [
+        "on_complete: false",
+        "ignore_abort: true",
+        "max_detached: 3",
+        "time_limit: Some(2s)",
+        "timeout_status: 503",
+        "record_caught_panics: false",
+    ] {
+        assert!(debug.contains(part), "{part} in {debug}");
+    }
+    let svc = ServiceBuilder::new()
+        .layer(layer.on_complete(|_| {}))
+        .service(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(full("x"))
+        }));
+    let debug = format!("{svc:?}");
+    assert!(
+        debug.contains("LifecycleService") && debug.contains("on_complete: true"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn timed_out_says_what_happened() {
+    let err: tower_lifecycle::BoxError = Box::<tower_lifecycle::TimedOut>::default();
+    assert_eq!(err.to_string(), "the request's time limit expired");
+    assert!(err.downcast_ref::<tower_lifecycle::TimedOut>().is_some());
 }

@@ -321,6 +321,19 @@ async fn drain_counts_waits_and_cancels_stragglers_with_timeout() {
         (report.finished(), report.cancelled(), report.remaining()),
         (1, 1, 0)
     );
+    // A second shutdown reports its own work only: none.
+    let again = tokio::time::timeout(WAIT, drain.shutdown(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.finished(), again.cancelled(), again.remaining()),
+        (0, 0, 0)
+    );
+    let debug = format!("{drain:?}");
+    assert!(
+        debug.contains("in_flight: 0") && debug.contains("cancelled: true"),
+        "{debug}"
+    );
     assert_eq!(drain.in_flight(), 0);
     let all = seen.all();
     assert_eq!(all.len(), 2);
@@ -462,6 +475,23 @@ async fn max_detached_zero_turns_continuing_off_without_a_refusal() {
     let mut fut = Box::pin(svc.call(Request::new(())));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
+    let c = seen.wait_one().await;
+    assert!(c.status().is_aborted(), "{c:?}");
+    assert!(!c.detach_refused(), "{c:?}");
+    assert!(!c.continued(), "{c:?}");
+}
+
+#[tokio::test]
+async fn max_detached_zero_keeps_an_open_body_inline_and_refuses_nothing() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(seen.layer().ignore_abort(true).max_detached(0))
+        .service_fn(|_req: Request<()>| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"]))))
+        });
+    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
+    drop(body); // mid-body, with nothing the layer could continue
     let c = seen.wait_one().await;
     assert!(c.status().is_aborted(), "{c:?}");
     assert!(!c.detach_refused(), "{c:?}");

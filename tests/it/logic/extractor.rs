@@ -56,3 +56,16 @@ async fn with_the_layer_the_extractor_works() {
         (StatusCode::OK, "some".into())
     );
 }
+
+#[tokio::test]
+async fn the_rejection_says_how_to_fix_it_as_an_error_too() {
+    use axum::extract::FromRequestParts;
+    let (mut parts, ()) = Request::new(()).into_parts();
+    let rejection = <Lifecycle as FromRequestParts<()>>::from_request_parts(&mut parts, &())
+        .await
+        .expect_err("no layer, no Lifecycle");
+    let message = rejection.to_string();
+    assert!(message.contains("LifecycleLayer::new()"), "{message}");
+    let error: &dyn std::error::Error = &rejection;
+    assert_eq!(error.to_string(), message);
+}

@@ -244,6 +244,11 @@ async fn a_lifecycle_used_after_its_request_ended_behaves_as_documented() {
     // Reading works and keeps the final answer.
     assert_eq!(lifecycle.status(), ConnectionStatus::NORMAL);
     assert!(!lifecycle.is_aborted());
+    let debug = format!("{lifecycle:?}");
+    assert!(
+        debug.contains("normal") && debug.contains("ended: true"),
+        "{debug}"
+    );
     // A late hook runs at once with the final completion; the layer's hook
     // does not run again.
     let late = Arc::new(Mutex::new(None));
@@ -362,4 +367,31 @@ fn when_the_runtime_shuts_down_the_hooks_after_a_pending_async_hook_still_run() 
     drop(rt);
     assert_eq!(log.get(), ["after:normal"]);
     assert_eq!(seen.all().len(), 1);
+}
+
+#[test]
+fn an_async_hook_runs_on_the_runtime_it_was_registered_on_when_the_end_has_none() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Seen::default();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let tx = tx.lock().unwrap().take().unwrap();
+        lifecycle.on_shutdown_async(move |done| async move {
+            let _ = tx.send(done.status());
+        });
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    let body = rt.block_on(async { svc.oneshot(Request::new(())).await.unwrap().into_body() });
+    assert!(format!("{:?}", body).contains("ended: false"));
+    // The body ends on a thread with no runtime: the hook goes to the
+    // runtime it was registered on.
+    std::thread::spawn(move || drop(body)).join().unwrap();
+    let status = rt.block_on(async { tokio::time::timeout(WAIT, rx).await });
+    assert_eq!(status.unwrap().unwrap(), ConnectionStatus::ABORTED);
 }

@@ -266,3 +266,13 @@ async fn completion_reads_the_grpc_status_from_trailers_or_head() {
         assert!(c.status().is_normal(), "an error status is still an answer");
     }
 }
+
+#[test]
+fn status_bits_only_add() {
+    let aborted = ConnectionStatus::ABORTED;
+    assert_eq!(aborted | aborted, aborted, "a bit set twice stays set");
+    let mut status = ConnectionStatus::TIMEOUT;
+    status |= aborted;
+    status |= aborted;
+    assert_eq!(status.bits(), 3);
+}
