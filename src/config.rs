@@ -41,3 +41,12 @@ impl Default for Config {
         }
     }
 }
+
+impl Config {
+    /// Whether a request can continue after its client left at all, which
+    /// decides whether the handler's future and an open-ended body are
+    /// boxed (movable into a task).
+    pub(crate) fn detachable(&self) -> bool {
+        self.max_detached > 0
+    }
+}

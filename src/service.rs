@@ -97,7 +97,7 @@ where
                 shared.panicked();
             }
         }
-        let inner = Inner::new(future, self.config.max_detached > 0);
+        let inner = Inner::new(future, self.config.detachable());
         ResponseFuture::new(
             inner,
             side,

@@ -233,7 +233,7 @@ impl Shared {
     /// Whether continuing after an abort is possible at all, which decides
     /// whether the handler's future and the body are boxed.
     pub(crate) fn detachable(&self) -> bool {
-        self.config.max_detached > 0
+        self.config.detachable()
     }
 
     /// The next hook to run, or `None`, which marks the lifecycle ended

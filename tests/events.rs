@@ -5,7 +5,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,30 +17,7 @@ use common::{layer, within};
 
 /// The DEBUG-and-above output of this process so far.
 fn debug_logs() -> String {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    static LOGS: OnceLock<Sink> = OnceLock::new();
-    let sink = LOGS.get_or_init(|| {
-        let sink = Sink(Arc::default());
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-        sink
-    });
-    String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned()
+    common::logs_at(tracing::Level::DEBUG)
 }
 
 #[tokio::test]

@@ -179,11 +179,17 @@ pub async fn read_exactly(body: &mut hyper::body::Incoming, expected: &str) {
     assert_eq!(got, expected.as_bytes());
 }
 
-/// `tracing` output at WARN and above of this test binary so far; the first
-/// call installs the global subscriber that collects it. Global, because a
-/// thread-local subscriber misses events when other tests register the same
-/// callsites concurrently.
+/// `tracing` output at WARN and above of this test binary so far: see
+/// [`logs_at`].
 pub fn logs() -> String {
+    logs_at(tracing::Level::WARN)
+}
+
+/// `tracing` output at `level` and above of this test binary so far; the
+/// first call installs the global subscriber that collects it, at its
+/// level (one per process). Global, because a thread-local subscriber misses
+/// events when other tests register the same callsites concurrently.
+pub fn logs_at(level: tracing::Level) -> String {
     use std::sync::{Arc, Mutex, OnceLock};
 
     #[derive(Clone)]
@@ -202,12 +208,12 @@ pub fn logs() -> String {
         let sink = Sink(Arc::default());
         let writer = sink.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
+            .with_max_level(level)
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_global_default(subscriber)
-            .expect("only common::logs sets a global subscriber");
+            .expect("only common::logs_at sets a global subscriber");
         sink
     });
     String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned()
