@@ -8,18 +8,18 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Buf;
-use http::{header, response::Parts, HeaderMap, Method, StatusCode};
+use http::{response::Parts, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::completion::Phase;
 use crate::continuation::{continue_body, end_in_drop, Detach, Inner, InnerProj};
 use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
 use crate::state::End;
+use crate::tally::{content_length, Bodiless, Tally};
+use crate::watch::{self, Waiting};
 use crate::{BoxError, TimedOut};
 
 pin_project! {
@@ -78,6 +78,8 @@ pin_project! {
         tally: Tally,
         timer: Timer,
         continue_body: Detach<B>,
+        // The connection's watch, if the request carried one.
+        connection: Option<Waiting>,
         // Set while the inner body is being polled: still set in `drop`
         // means its `poll_frame` panicked.
         polling: bool,
@@ -86,98 +88,23 @@ pin_project! {
     impl<B> PinnedDrop for LifecycleBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            if let Some(connection) = this.connection.as_mut() {
+                // Nothing more to send: no cut at the time limit.
+                connection.cut_at(None);
+            }
             let Some((shared, complete)) = this.side.take() else {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
-            let end = End {
+            let mut end = End {
                 panicked,
                 ..this.tally.end()
             };
+            let aborted = watch::settle(this.connection, &shared, !complete && !panicked, &mut end);
             // The body's own drop (its producer learns) runs before the hooks.
-            end_in_drop(shared, this.inner, *this.continue_body, !complete && !panicked, end);
+            end_in_drop(shared, this.inner, *this.continue_body, aborted, end);
         }
     }
-}
-
-/// Requests whose response hyper sends without a body (RFC 9110 §6.4.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Bodiless {
-    No,
-    Head,
-    Connect,
-}
-
-impl Bodiless {
-    pub(crate) fn of(method: &Method) -> Self {
-        if method == Method::HEAD {
-            Bodiless::Head
-        } else if method == Method::CONNECT {
-            Bodiless::Connect
-        } else {
-            Bodiless::No
-        }
-    }
-
-    fn response(self, status: StatusCode) -> bool {
-        match self {
-            Bodiless::No => {
-                status.is_informational()
-                    || status == StatusCode::NO_CONTENT
-                    || status == StatusCode::NOT_MODIFIED
-            }
-            Bodiless::Head => true,
-            Bodiless::Connect => status.is_success() || Bodiless::No.response(status),
-        }
-    }
-}
-
-/// What the body has told about the response so far.
-struct Tally {
-    status: StatusCode,
-    /// Data bytes yielded.
-    sent: u64,
-    /// The exact length, from the size hint or `Content-Length`.
-    expected: Option<u64>,
-    grpc: bool,
-    /// From the response head (a trailers-only answer) or the trailers.
-    grpc_status: Option<i32>,
-}
-
-impl Tally {
-    /// How the body phase ended, so far.
-    fn end(&self) -> End {
-        End {
-            phase: Phase::Body,
-            response_status: Some(self.status),
-            bytes_sent: self.sent,
-            grpc_status: self.grpc_status,
-            ..End::handler()
-        }
-    }
-
-    /// Counts a frame; true when the body is complete with it.
-    fn frame<D: Buf>(&mut self, frame: &Frame<D>) -> bool {
-        if let Some(data) = frame.data_ref() {
-            self.sent += data.remaining() as u64;
-            self.expected.is_some_and(|n| self.sent >= n)
-        } else if let Some(trailers) = frame.trailers_ref() {
-            if self.grpc {
-                self.grpc_status = grpc::status(trailers).or(self.grpc_status);
-            }
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The `Content-Length` of a response head, if it is a number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 impl<B: Body + Send + 'static> LifecycleBody<B> {
@@ -187,6 +114,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         bodiless: Bodiless,
         grpc: bool,
         parts: &Parts,
+        mut connection: Option<Waiting>,
     ) -> Self {
         let exact = inner.size_hint().exact();
         let expected = match (exact, content_length(&parts.headers)) {
@@ -198,6 +126,9 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         // Only a body whose length is open can have a producer that
         // continuing keeps alive; `Full` and the like stay inline.
         let boxed = side.shared().is_some_and(|s| s.detachable()) && !complete && exact.is_none();
+        if let (Some(connection), Some(shared)) = (&mut connection, side.shared()) {
+            connection.cut_at(shared.time_limit().get());
+        }
         let mut body = LifecycleBody {
             inner: Inner::new(inner, boxed),
             side,
@@ -210,6 +141,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             },
             timer: Timer::default(),
             continue_body: continue_body::<B>,
+            connection,
             polling: false,
         };
         if complete {
@@ -218,8 +150,9 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         body
     }
 
-    /// The empty body of the layer's own timeout response.
-    pub(crate) fn timed_out(status: StatusCode) -> Self {
+    /// The empty body of an answer of the layer's own (the timeout
+    /// response, the answer to a client that left).
+    pub(crate) fn empty(status: StatusCode) -> Self {
         LifecycleBody {
             inner: Inner::Gone,
             side: ResponseSide::ended(),
@@ -232,6 +165,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             },
             timer: Timer::default(),
             continue_body: continue_body::<B>,
+            connection: None,
             polling: false,
         }
     }
@@ -343,6 +277,14 @@ where
             }
         }
         match &result {
+            Poll::Pending if this.connection.as_mut().is_some_and(|c| c.client_left(cx)) => {
+                // As if hyper had dropped the body.
+                if let Some((shared, complete)) = this.side.take() {
+                    let end = this.tally.end();
+                    end_in_drop(shared, this.inner, *this.continue_body, !complete, end);
+                }
+                return Poll::Ready(Some(Err(watch::client_left())));
+            }
             Poll::Pending => {
                 let expired = this
                     .side

@@ -50,6 +50,7 @@ pub struct Completion {
     pub(crate) panicked: bool,
     pub(crate) body_error: bool,
     pub(crate) service_error: bool,
+    pub(crate) cancelled: bool,
     pub(crate) continued: bool,
     pub(crate) detach_refused: bool,
     pub(crate) grpc_status: Option<i32>,
@@ -132,6 +133,25 @@ impl Completion {
     /// response. Like a body error, this is not an abort.
     pub fn service_error(&self) -> bool {
         self.service_error
+    }
+
+    /// Whether the server dropped the request while its client was still
+    /// connected: a layer outside this one gave up on it (tower-http's
+    /// `TimeoutLayer`, a `select!`), or
+    /// [`ConnectionWatch::close`](crate::watch::ConnectionWatch::close) shut
+    /// its connection down. Not an abort: the status word stays
+    /// [`NORMAL`](ConnectionStatus::NORMAL) (or
+    /// [`TIMEOUT`](ConnectionStatus::TIMEOUT) if the layer's own limit had
+    /// passed), and ignore-abort does not keep the work going.
+    ///
+    /// Known only with a [connection watch](crate::watch) and over
+    /// HTTP/1.1, where the client's only way to leave is to close the
+    /// connection. Without a watch, and over HTTP/2 (where a client cancels
+    /// one stream, and the server's own drop looks the same), such a drop
+    /// is taken for the client leaving:
+    /// [`ABORTED`](ConnectionStatus::ABORTED).
+    pub fn cancelled(&self) -> bool {
+        self.cancelled
     }
 
     /// Whether the request's work continued after the client left, because

@@ -13,15 +13,22 @@ use std::task::{Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::Bodiless;
 use crate::continuation::{end_in_drop, Detach, Inner};
 use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
 use crate::state::End;
+use crate::tally::Bodiless;
 use crate::timeout::timeout_head;
+use crate::watch::{self, Waiting};
 use crate::LifecycleBody;
+
+/// The status of the answer to a request whose client left (nginx's 499):
+/// never delivered, the connection is shut down.
+fn client_closed_request() -> http::StatusCode {
+    http::StatusCode::from_u16(499).expect("a valid status")
+}
 
 pin_project! {
     /// Response future of [`LifecycleService`](crate::LifecycleService).
@@ -41,6 +48,8 @@ pin_project! {
         detach: Detach<F>,
         bodiless: Bodiless,
         grpc: bool,
+        // The connection's watch, if the request carried one.
+        connection: Option<Waiting>,
         // Set while the inner future is being polled: still set in `drop`
         // means its `poll` panicked.
         polling: bool,
@@ -53,11 +62,12 @@ pin_project! {
                 return;
             };
             let panicked = *this.polling || std::thread::panicking();
-            let end = End {
+            let mut end = End {
                 panicked,
                 ..End::handler()
             };
-            end_in_drop(shared, this.inner, *this.detach, !panicked, end);
+            let aborted = watch::settle(this.connection, &shared, !panicked, &mut end);
+            end_in_drop(shared, this.inner, *this.detach, aborted, end);
         }
     }
 }
@@ -78,6 +88,7 @@ impl<F> ResponseFuture<F> {
         detach: Detach<F>,
         bodiless: Bodiless,
         grpc: bool,
+        connection: Option<Waiting>,
     ) -> Self {
         ResponseFuture {
             inner,
@@ -86,6 +97,7 @@ impl<F> ResponseFuture<F> {
             detach,
             bodiless,
             grpc,
+            connection,
             polling: false,
         }
     }
@@ -115,13 +127,26 @@ where
                 .side
                 .shared()
                 .expect("ResponseFuture polled after it completed");
+            if this.connection.as_mut().is_some_and(|c| c.client_left(cx)) {
+                // As if hyper had dropped the future: abort (or continue),
+                // then answer for the handler. The watcher shut the socket
+                // down, so the answer is never delivered.
+                let (shared, _) = this.side.take().expect("checked above");
+                end_in_drop(shared, this.inner, *this.detach, true, End::handler());
+                let status = client_closed_request();
+                let response = Response::builder()
+                    .status(status)
+                    .body(LifecycleBody::empty(status))
+                    .expect("a valid response");
+                return Poll::Ready(Ok(response));
+            }
             if this.timer.poll(shared.time_limit(), cx) {
                 // Cancel the handler, then answer for it.
                 this.inner.set(Inner::Gone);
                 let (shared, _) = this.side.take().expect("checked above");
                 shared.timed_out();
                 let response = timeout_head(*this.grpc, shared.timeout_status())
-                    .body(LifecycleBody::timed_out(shared.timeout_status()))
+                    .body(LifecycleBody::empty(shared.timeout_status()))
                     .expect("a valid timeout response");
                 shared.response_done(End {
                     response_status: Some(response.status()),
@@ -140,7 +165,14 @@ where
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let side = this.side.hand_over();
-                let body = LifecycleBody::new(body, side, *this.bodiless, *this.grpc, &parts);
+                let body = LifecycleBody::new(
+                    body,
+                    side,
+                    *this.bodiless,
+                    *this.grpc,
+                    &parts,
+                    this.connection.take(),
+                );
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {

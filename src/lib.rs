@@ -21,7 +21,9 @@ mod service;
 mod state;
 mod status;
 mod streaming;
+mod tally;
 mod timeout;
+pub mod watch;
 
 pub use crate::body::LifecycleBody;
 pub use crate::completion::{Completion, Phase};

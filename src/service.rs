@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::Bodiless;
 use crate::config::Config;
 use crate::continuation::{detach_handler, Inner};
 use crate::grpc;
@@ -15,6 +14,8 @@ use crate::layer::LifecycleLayer;
 use crate::panic;
 use crate::response_side::ResponseSide;
 use crate::state::Shared;
+use crate::tally::Bodiless;
+use crate::watch::{ConnectionWatch, Waiting};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 
 /// Middleware that tracks every request's connection lifecycle.
@@ -84,6 +85,10 @@ where
         };
         let shared = Arc::new(Shared::new(self.config.clone(), grpc_cap));
         let bodiless = Bodiless::of(req.method());
+        let connection = req
+            .extensions()
+            .get::<ConnectionWatch>()
+            .map(|watch| Waiting::new(watch.clone(), req.version() < http::Version::HTTP_2));
         req.extensions_mut().insert(Lifecycle {
             shared: shared.clone(),
         });
@@ -104,6 +109,7 @@ where
             detach_handler::<S::Future, ResBody, S::Error>,
             bodiless,
             grpc,
+            connection,
         )
     }
 }

@@ -90,6 +90,8 @@ pub(crate) struct End {
     pub(crate) bytes_sent: u64,
     pub(crate) body_error: bool,
     pub(crate) service_error: bool,
+    /// Dropped by the server while its client was still there.
+    pub(crate) cancelled: bool,
     pub(crate) grpc_status: Option<i32>,
 }
 
@@ -102,6 +104,7 @@ impl End {
             bytes_sent: 0,
             body_error: false,
             service_error: false,
+            cancelled: false,
             grpc_status: None,
         }
     }
@@ -283,6 +286,7 @@ impl Shared {
                 panicked: all & PANICKED != 0,
                 body_error: end.body_error,
                 service_error: end.service_error,
+                cancelled: end.cancelled,
                 grpc_status: end.grpc_status,
                 continued: state.detached,
                 detach_refused: state.refused,

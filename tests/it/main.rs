@@ -18,3 +18,4 @@ mod progress_stream;
 mod real_stacks;
 mod state;
 mod time_limit;
+mod watch;

@@ -1,0 +1,300 @@
+//! [`ConnectionWatch`]: the handle a request carries, and what the layer
+//! keeps of it while the request is in flight.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Why a connection's watch fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Reason {
+    Open = 0,
+    /// The client closed its side (FIN).
+    Fin = 1,
+    /// The client reset the connection, or the socket reported an error.
+    Reset = 2,
+    /// The server shut the socket down ([`ConnectionWatch::close`], or the
+    /// time limit of a response hyper was not sending).
+    Cut = 3,
+    /// The server let the connection go ([`Watched`](super::Watched)
+    /// dropped).
+    Ended = 4,
+}
+
+impl Reason {
+    fn from_u8(n: u8) -> Reason {
+        match n {
+            1 => Reason::Fin,
+            2 => Reason::Reset,
+            3 => Reason::Cut,
+            4 => Reason::Ended,
+            _ => Reason::Open,
+        }
+    }
+}
+
+/// What the watcher and every handle share.
+pub(super) struct Shared {
+    /// Cancelled once the connection is over for the layer; `reason` says
+    /// why.
+    pub(super) closed: CancellationToken,
+    /// Cancelled to ask the watcher to shut the socket down.
+    pub(super) close: CancellationToken,
+    reason: AtomicU8,
+    /// When the watcher shuts the socket down on its own: the time limit
+    /// of the response in flight (HTTP/1.1 has one at a time).
+    cut_at: Mutex<Option<Instant>>,
+    pub(super) cut_moved: Notify,
+    /// The watcher's duplicate of the socket, to ask it directly. Weak:
+    /// only the watcher task keeps it open.
+    #[cfg(unix)]
+    pub(super) socket: std::sync::Weak<tokio::net::TcpStream>,
+}
+
+impl Shared {
+    pub(super) fn new(#[cfg(unix)] socket: std::sync::Weak<tokio::net::TcpStream>) -> Self {
+        Shared {
+            #[cfg(unix)]
+            socket,
+            closed: CancellationToken::new(),
+            close: CancellationToken::new(),
+            reason: AtomicU8::new(Reason::Open as u8),
+            cut_at: Mutex::new(None),
+            cut_moved: Notify::new(),
+        }
+    }
+
+    /// Records why the connection is over; the first reason wins.
+    pub(super) fn record(&self, reason: Reason) {
+        // Release: pairs with the Acquire in `reason`, for a reader (the
+        // drop of a request) that looks at the reason before `closed`
+        // fired: the watcher records it before it shuts the socket down,
+        // so a request hyper drops because of that shutdown sees it.
+        let _ = self.reason.compare_exchange(
+            Reason::Open as u8,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Records why the connection is over and wakes every waiter.
+    pub(super) fn finish(&self, reason: Reason) {
+        self.record(reason);
+        self.closed.cancel();
+    }
+
+    pub(super) fn reason(&self) -> Reason {
+        Reason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    pub(super) fn cut_at(&self) -> Option<Instant> {
+        *self.cut_at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A handle on one connection's [`Watched`](super::Watched) socket: it
+/// says when the connection is over, without keeping the socket open.
+///
+/// Cheap to clone (one reference count), `Send + Sync + 'static`. Insert
+/// it in each request's extensions ([`WatchLayer`](super::WatchLayer)
+/// does) and [`LifecycleLayer`](crate::LifecycleLayer) uses it; a handler
+/// can also wait on it directly.
+///
+/// Holding a handle (or a [`Lifecycle`](crate::Lifecycle) that holds one)
+/// does not keep the socket open: once hyper drops the connection's IO, the
+/// socket closes and the handle reports the connection closed.
+#[derive(Clone)]
+pub struct ConnectionWatch {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ConnectionWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionWatch")
+            .field("closed", &self.is_closed())
+            .field("client_left", &self.client_left())
+            .finish()
+    }
+}
+
+impl ConnectionWatch {
+    /// The connection is over: the client closed or reset it, the server
+    /// shut it down, or the server let it go.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// The connection is over because the client closed or reset it.
+    pub fn client_left(&self) -> bool {
+        matches!(self.shared.reason(), Reason::Fin | Reason::Reset)
+    }
+
+    /// Resolves once the connection is over ([`is_closed`](Self::is_closed)),
+    /// at once if it already is. The future owns a handle: it is
+    /// `Send + 'static` and can be moved into a task.
+    pub fn closed(&self) -> Closed {
+        Closed {
+            inner: self.shared.closed.clone().cancelled_owned(),
+        }
+    }
+
+    /// Shuts the socket down in both directions: hyper's next read sees
+    /// the end of the stream and its next write fails, so it drops every
+    /// request of the connection and lets it go. The client sees the
+    /// connection close. Does nothing once the connection is over.
+    pub fn close(&self) {
+        self.shared.close.cancel();
+    }
+
+    /// Has the watcher shut the socket down at `at` unless moved again
+    /// (`None`: never).
+    pub(crate) fn cut_at(&self, at: Option<Instant>) {
+        let mut slot = self
+            .shared
+            .cut_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *slot != at {
+            *slot = at;
+            drop(slot);
+            self.shared.cut_moved.notify_one();
+        }
+    }
+
+    pub(crate) fn reason(&self) -> Reason {
+        self.shared.reason()
+    }
+
+    /// Asks the socket now whether the client closed or reset it (a peek
+    /// that reads nothing). False when it is open, holds data, or the
+    /// server already let it go.
+    pub(crate) fn peer_gone(&self) -> bool {
+        #[cfg(unix)]
+        if let Some(socket) = self.shared.socket.upgrade() {
+            let mut byte = [std::mem::MaybeUninit::uninit()];
+            return match socket2::SockRef::from(&*socket).peek(&mut byte) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+        }
+        false
+    }
+}
+
+pin_project! {
+    /// The future of [`ConnectionWatch::closed`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Closed {
+        #[pin]
+        inner: WaitForCancellationFutureOwned,
+    }
+}
+
+impl fmt::Debug for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closed").finish_non_exhaustive()
+    }
+}
+
+impl Future for Closed {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().inner.poll(cx)
+    }
+}
+
+/// What a drop of the layer's future or of an incomplete body means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Left {
+    /// The client left (or nothing tells otherwise): an abort.
+    Client,
+    /// The server dropped the request with its client still there.
+    Server,
+    /// The layer shut the connection down at the request's time limit.
+    Limit,
+}
+
+/// The layer's wait on a request's connection while the request is in
+/// flight: the handle, and the registered wait once the request had to
+/// wait (boxed: only watched requests pay for it).
+pub(crate) struct Waiting {
+    watch: ConnectionWatch,
+    wait: Option<Pin<Box<Closed>>>,
+    /// HTTP/1.x: one request at a time, which the client can only leave by
+    /// closing the connection.
+    http1: bool,
+    /// The time the watcher was last told to cut the connection at.
+    cut: Option<Instant>,
+}
+
+impl Waiting {
+    pub(crate) fn new(watch: ConnectionWatch, http1: bool) -> Self {
+        Waiting {
+            watch,
+            wait: None,
+            http1,
+            cut: None,
+        }
+    }
+
+    /// Whether the client left, if the connection is over; otherwise
+    /// registers `cx` to be woken when it is. Only the client's leaving
+    /// counts here: when the server cut the connection, hyper drops the
+    /// request itself.
+    pub(crate) fn client_left(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.watch.is_closed() {
+            let watch = &self.watch;
+            let wait = self.wait.get_or_insert_with(|| Box::pin(watch.closed()));
+            if wait.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+        self.watch.client_left()
+    }
+
+    /// Over HTTP/1.1, has the watcher shut the connection down at
+    /// `deadline` should hyper stop sending the response (the client
+    /// stopped reading); `None` calls it off. Takes the lock only when the
+    /// deadline moved.
+    pub(crate) fn cut_at(&mut self, deadline: Option<Instant>) {
+        if self.http1 && self.cut != deadline {
+            self.cut = deadline;
+            self.watch.cut_at(deadline);
+        }
+    }
+
+    /// What a drop of a request that was not complete means, asked when it
+    /// happens. `limit_passed`: the request's time limit has passed.
+    pub(crate) fn left(&mut self, limit_passed: bool) -> Left {
+        self.cut_at(None);
+        if !self.http1 {
+            return Left::Client;
+        }
+        match self.watch.reason() {
+            Reason::Fin | Reason::Reset | Reason::Ended => Left::Client,
+            Reason::Cut if limit_passed => Left::Limit,
+            Reason::Cut => Left::Server,
+            // hyper may have seen the close before the watcher did: ask
+            // the socket.
+            Reason::Open if self.watch.peer_gone() => Left::Client,
+            Reason::Open => Left::Server,
+        }
+    }
+}
+
+impl fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.watch.fmt(f)
+    }
+}
