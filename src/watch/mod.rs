@@ -89,12 +89,17 @@
 //! request is in flight. The watcher wakes once per burst of incoming data
 //! (about every 64 KiB of a large upload) and never reads.
 
+#[cfg(all(unix, feature = "axum-serve"))]
+mod axum;
 mod connection;
 mod layer;
 mod verdict;
 #[cfg(unix)]
 mod watched;
 
+#[cfg(all(unix, feature = "axum-serve"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum-serve")))]
+pub use self::axum::{make_service, Connection, Listener, MakeFuture, MakeService};
 pub use connection::{Closed, ConnectionWatch};
 pub use layer::{WatchLayer, WatchService};
 #[cfg(unix)]
