@@ -13,6 +13,7 @@
 //! ```
 
 mod jobs;
+mod watched;
 
 use std::time::Duration;
 
@@ -55,10 +56,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         });
     let drain = layer.drain();
     tracing::info!("gRPC server on {ADDR} (jobs.Jobs/Run, jobs.Jobs/Watch)");
+    // Each connection watched (see watched.rs).
+    let listener = tokio::net::TcpListener::bind(ADDR).await?;
     Server::builder()
-        .layer(layer)
+        .layer(watched::layer(layer))
         .add_service(jobs::Jobs::default())
-        .serve_with_shutdown(ADDR.parse()?, async {
+        .serve_with_incoming_shutdown(watched::incoming(listener), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

@@ -7,17 +7,21 @@ use crate::common;
 
 #[path = "../../examples/grpc/jobs.rs"]
 mod jobs;
+#[path = "../../examples/grpc/watched.rs"]
+mod watched;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::Code;
+use tower_lifecycle::watch::ConnectionWatch;
 use tower_lifecycle::{ConnectionStatus, LifecycleLayer, Phase};
 
 use common::{within, Completions};
-use jobs::{Event, JobRequest, Jobs, JobsClient};
+use jobs::{Event, JobRequest, Jobs, JobsClient, Progress};
 
 /// A tonic server with the layer, the completions it reports, and the
 /// events of its handlers.
@@ -79,6 +83,25 @@ impl Server {
     }
 }
 
+/// Opens a server-streaming `Watch` call and returns its message stream.
+async fn open_stream(client: &mut JobsClient, request: JobRequest) -> tonic::Streaming<Progress> {
+    within("the stream", client.watch(request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Starts a unary `Run` call, waits for its handler's first step, then
+/// cancels the call (tonic sends RST_STREAM) and waits for `aborted()`.
+async fn cancel_after_first_step(server: &mut Server, request: JobRequest) {
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move { client.run(request).await });
+    let lifecycle = server.started().await;
+    server.step(1).await;
+    call.abort();
+    within("aborted()", lifecycle.aborted()).await;
+}
+
 fn job(steps: u32, step_ms: u64) -> JobRequest {
     JobRequest {
         steps,
@@ -106,12 +129,7 @@ async fn a_unary_call_to_its_end_is_normal_and_the_handler_sees_its_lifecycle() 
 #[tokio::test]
 async fn a_unary_call_the_client_drops_is_aborted_once() {
     let mut server = Server::start(|l| l).await;
-    let mut client = server.client().await;
-    let call = tokio::spawn(async move { client.run(job(100, 50)).await });
-    let lifecycle = server.started().await;
-    server.step(1).await;
-    call.abort(); // the client drops the call: RST_STREAM
-    within("aborted()", lifecycle.aborted()).await;
+    cancel_after_first_step(&mut server, job(100, 50)).await;
     let done = server.done.next().await;
     assert_eq!(done.status(), ConnectionStatus::ABORTED);
     assert_eq!(done.phase(), Phase::Handler);
@@ -123,10 +141,7 @@ async fn a_unary_call_the_client_drops_is_aborted_once() {
 async fn a_stream_cancelled_mid_way_is_aborted_in_the_body_phase() {
     let mut server = Server::start(|l| l).await;
     let mut client = server.client().await;
-    let mut stream = within("the stream", client.watch(job(100, 20)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut client, job(100, 20)).await;
     for expected in 1..=3 {
         let progress = within("a message", stream.message())
             .await
@@ -150,10 +165,7 @@ async fn a_stream_cancelled_mid_way_is_aborted_in_the_body_phase() {
 async fn a_stream_read_to_the_end_is_normal_and_its_status_trailer_arrives() {
     let mut server = Server::start(|l| l).await;
     let mut client = server.client().await;
-    let mut stream = within("the stream", client.watch(job(4, 5)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut client, job(4, 5)).await;
     let mut steps = Vec::new();
     // `Ok(None)` is tonic's word that the `grpc-status: 0` trailer arrived;
     // a missing or changed trailer is an error here.
@@ -173,22 +185,16 @@ async fn an_error_status_is_an_answer_not_an_abort() {
     let mut client = server.client().await;
     let mut request = job(1, 1);
     request.fail = true;
-    let status = within("the reply", client.run(request.clone()))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let done = server.done.next().await;
-    assert_eq!(done.status(), ConnectionStatus::NORMAL);
-    assert_eq!(done.grpc_status(), Some(Code::InvalidArgument as i32));
-
+    let unary = within("the reply", client.run(request.clone())).await;
     // the same for a streaming method
-    let status = within("the reply", client.watch(request))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let done = server.done.next().await;
-    assert_eq!(done.status(), ConnectionStatus::NORMAL);
-    assert_eq!(done.grpc_status(), Some(Code::InvalidArgument as i32));
+    let streaming = within("the reply", client.watch(request)).await;
+    for status in [unary.unwrap_err(), streaming.unwrap_err()] {
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let done = server.done.next().await;
+        assert_eq!(done.status(), ConnectionStatus::NORMAL);
+        assert_eq!(done.grpc_status(), Some(Code::InvalidArgument as i32));
+    }
+    server.done.assert_none();
 }
 
 #[tokio::test]
@@ -219,10 +225,7 @@ async fn the_layers_own_limit_gives_the_client_deadline_exceeded_too() {
     assert_eq!(done.phase(), Phase::Handler);
 
     // mid-stream: the stream ends with a DEADLINE_EXCEEDED status
-    let mut stream = within("the stream", client.watch(job(100, 20)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut client, job(100, 20)).await;
     let first = within("a message", stream.message()).await.unwrap();
     assert!(first.is_some());
     let status = loop {
@@ -241,17 +244,54 @@ async fn the_layers_own_limit_gives_the_client_deadline_exceeded_too() {
 #[tokio::test]
 async fn ignore_abort_keeps_a_grpc_handler_working_after_the_client_cancels() {
     let mut server = Server::start(|l| l).await;
-    let mut client = server.client().await;
     let mut request = job(6, 30);
     request.keep = true;
-    let call = tokio::spawn(async move { client.run(request).await });
-    let lifecycle = server.started().await;
-    server.step(1).await;
-    call.abort();
-    within("aborted()", lifecycle.aborted()).await;
+    cancel_after_first_step(&mut server, request).await;
     assert_eq!(server.finished().await, 6, "the work ran to its end");
     let done = server.done.next().await;
     assert_eq!(done.status(), ConnectionStatus::ABORTED);
     assert_eq!(done.phase(), Phase::Continued);
     assert!(done.continued());
+}
+
+#[tokio::test]
+async fn a_watched_tonic_server_hands_each_call_its_watch_and_its_peer() {
+    let (layer, done) = common::layer();
+    let (tx, events) = mpsc::unbounded_channel();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // What the layer's inner service finds in each request.
+    let probe = move |req: http::Request<tonic::body::Body>| {
+        let extensions = req.extensions();
+        let _ = seen_tx.send((
+            extensions.get::<ConnectionWatch>().is_some(),
+            extensions
+                .get::<TcpConnectInfo>()
+                .and_then(|info| info.remote_addr),
+        ));
+        req
+    };
+    let router = tonic::transport::Server::builder()
+        .layer(watched::layer(layer))
+        .layer(tower::util::MapRequestLayer::new(probe))
+        .add_service(Jobs::with_events(tx));
+    tokio::spawn(router.serve_with_incoming(watched::incoming(listener)));
+    let mut server = Server { addr, done, events };
+
+    let mut client = server.client().await;
+    let reply = within("the reply", client.run(job(1, 1))).await.unwrap();
+    assert_eq!(reply.get_ref().steps_done, 1);
+    let (watched, peer) = within("the probe", seen.recv()).await.unwrap();
+    assert!(watched, "the call carries its connection's watch");
+    assert!(peer.is_some(), "Request::remote_addr still works");
+    server.started().await;
+    assert_eq!(server.finished().await, 1);
+    let done = server.done.next().await;
+    assert_eq!(done.status(), ConnectionStatus::NORMAL);
+
+    cancel_after_first_step(&mut server, job(100, 50)).await;
+    let done = server.done.next().await;
+    assert_eq!(done.status(), ConnectionStatus::ABORTED);
+    assert_eq!(done.phase(), Phase::Handler);
 }
