@@ -161,9 +161,7 @@ async fn scenarios(c: Client, addr: SocketAddr) {
 async fn runs_to_the_end(c: &Client) {
     set_keep(c, false).await;
     set_field(c, "limit_ms", "0").await;
-    set_field(c, "steps", "8").await;
-    set_field(c, "step_ms", "250").await;
-    let id = start(c).await;
+    let id = start(c, "8", "250").await;
 
     // Every value the bar takes while the job runs, in the order seen.
     let mut seen: Vec<u32> = Vec::new();
@@ -211,18 +209,8 @@ async fn runs_to_the_end(c: &Client) {
 
 /// A job cancelled mid-way: an `aborted` outcome with the steps it did.
 async fn cancelled(c: &Client) {
-    set_field(c, "steps", "20").await;
-    set_field(c, "step_ms", "200").await;
-    let id = start(c).await;
-    wait_for(c, "progress to reach 3", |p| {
-        (p.progress >= 3).then_some(())
-    })
-    .await;
-    click(c, "cancel").await;
-    wait_for(c, "the page to say `cancelled`", |p| {
-        (p.state == "cancelled").then_some(())
-    })
-    .await;
+    let id = start(c, "20", "200").await;
+    cancel_at(c, 3).await;
 
     let row = outcome(c, id).await;
     assert_eq!(
@@ -240,18 +228,8 @@ async fn cancelled(c: &Client) {
 /// keeps it going, so the outcome is `aborted` with every step done.
 async fn cancelled_but_kept(c: &Client) {
     set_keep(c, true).await;
-    set_field(c, "steps", "10").await;
-    set_field(c, "step_ms", "150").await;
-    let id = start(c).await;
-    wait_for(c, "progress to reach 2", |p| {
-        (p.progress >= 2).then_some(())
-    })
-    .await;
-    click(c, "cancel").await;
-    wait_for(c, "the page to say `cancelled`", |p| {
-        (p.state == "cancelled").then_some(())
-    })
-    .await;
+    let id = start(c, "10", "150").await;
+    cancel_at(c, 2).await;
 
     let row = outcome(c, id).await;
     assert_eq!(
@@ -267,9 +245,7 @@ async fn cancelled_but_kept(c: &Client) {
 async fn timed_out(c: &Client) {
     set_keep(c, false).await;
     set_field(c, "limit_ms", "600").await;
-    set_field(c, "steps", "20").await;
-    set_field(c, "step_ms", "200").await;
-    let id = start(c).await;
+    let id = start(c, "20", "200").await;
 
     let row = outcome(c, id).await;
     assert_eq!(
@@ -402,8 +378,11 @@ async fn set_keep(c: &Client, keep: bool) {
     assert_eq!(now, keep, "#keep after clicking it");
 }
 
-/// Starts a job once the previous one is over; returns its id.
-async fn start(c: &Client) -> u64 {
+/// Starts a job of `steps` steps of `step_ms` each, once the previous one
+/// is over; returns its id.
+async fn start(c: &Client, steps: &str, step_ms: &str) -> u64 {
+    set_field(c, "steps", steps).await;
+    set_field(c, "step_ms", step_ms).await;
     let before = wait_for(c, "the previous job to end", |p| {
         (p.state != "running").then(|| p.job())
     })
@@ -413,6 +392,20 @@ async fn start(c: &Client) -> u64 {
         p.job().filter(|id| Some(*id) != before)
     })
     .await
+}
+
+/// Clicks "cancel" once the progress bar reached `progress`, and waits for
+/// the page to say `cancelled`.
+async fn cancel_at(c: &Client, progress: u32) {
+    wait_for(c, &format!("progress to reach {progress}"), |p| {
+        (p.progress >= progress).then_some(())
+    })
+    .await;
+    click(c, "cancel").await;
+    wait_for(c, "the page to say `cancelled`", |p| {
+        (p.state == "cancelled").then_some(())
+    })
+    .await;
 }
 
 /// The row of job `id` in the outcomes panel, once it shows.

@@ -4,15 +4,10 @@
 
 mod common;
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::channel::Channel;
-use http_body_util::BodyExt;
-use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::ConnectionStatus;
 
+use common::logic::leave_after_first_frame;
 use common::{layer, within};
 
 /// The DEBUG-and-above output of this process so far.
@@ -24,23 +19,8 @@ fn debug_logs() -> String {
 async fn a_drained_body_reports_how_much_it_drained() {
     debug_logs();
     let (layer, mut done) = layer();
-    let (body_tx, mut body_rx) = tokio::sync::mpsc::unbounded_channel();
-    let svc = ServiceBuilder::new()
-        .layer(layer.ignore_abort(true))
-        .service_fn(move |_req: Request<()>| {
-            let (tx, body) = Channel::<Bytes, Infallible>::new(1);
-            body_tx.send(tx).unwrap();
-            std::future::ready(Ok::<_, Infallible>(Response::new(body)))
-        });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    let mut tx = body_rx.recv().await.unwrap();
-    let mut body = res.into_body();
-    tx.send_data(Bytes::from_static(b"first")).await.unwrap();
-    within("the first frame", body.frame())
-        .await
-        .unwrap()
-        .unwrap();
-    drop(body); // the client left mid-body: the rest is drained
+    // The client leaves mid-body: the rest is drained.
+    let (mut tx, _first) = leave_after_first_frame(layer.ignore_abort(true), "first").await;
     for frame in ["second", "third!"] {
         within(
             "a drained send",

@@ -3,6 +3,11 @@
 //! of the completions the layer reports.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod logic;
+pub mod probe;
+pub mod scripted_body;
+pub mod server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tower_lifecycle::watch::{Leaving, Watched};
 use tower_lifecycle::{Completion, LifecycleLayer};
 
 /// How long any test waits for an event before failing.
@@ -57,19 +63,59 @@ pub fn layer() -> (LifecycleLayer, Completions) {
     (layer, Completions(rx))
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service the harness can serve: what hyper-util takes.
+pub trait Served<B>:
+    tower::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Served<B> for S where
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body the harness can serve.
+pub trait ServedBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ServedBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// Serves `svc` on 127.0.0.1:0 with hyper-util's auto builder (HTTP/1.1
 /// and HTTP/2 prior knowledge). The accept loop ends with the test's
 /// runtime.
-pub async fn serve<S, B>(svc: S) -> SocketAddr
-where
-    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn serve<S: Served<B>, B: ServedBody>(svc: S) -> SocketAddr {
+    serve_with(svc, None).await
+}
+
+/// Serves `svc` as [`serve`] does, each connection's stream watched as
+/// `leaving` says and its watch put in every request (HTTP/1.1 with
+/// `half_close(true)` for [`Leaving::ResetOnly`]).
+pub async fn serve_watched<S: Served<B>, B: ServedBody>(svc: S, leaving: Leaving) -> SocketAddr {
+    serve_with(svc, Some(leaving)).await
+}
+
+async fn serve_with<S: Served<B>, B: ServedBody>(svc: S, watch: Option<Leaving>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -77,11 +123,24 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let svc = TowerToHyperService::new(svc.clone());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let Some(leaving) = watch else {
+                let svc = TowerToHyperService::new(svc.clone());
+                tokio::spawn(async move {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+                continue;
+            };
+            let Ok(stream) = Watched::with_leaving(stream, leaving) else {
+                continue;
+            };
+            builder.http1().half_close(leaving == Leaving::ResetOnly);
+            let svc = tower::ServiceBuilder::new()
+                .layer(stream.watch().layer())
+                .service(svc.clone());
+            let svc = TowerToHyperService::new(svc);
             tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

@@ -4,15 +4,14 @@
 //! around a bare `service_fn`, inside `Router::layer`, and around a whole
 //! `Router` served by `axum::serve`.
 //!
-//! Every request's handler reports through a [`Probe`] that it is running,
-//! having registered a per-request hook (counted) and spawned a task that
+//! Every request's handler reports a [`Running`] to the test, having
+//! registered a per-request hook (counted) and spawned a task that
 //! waits on `Lifecycle::aborted()`, so a test leaves only once the handler
 //! is inside its work and can check what the handler side saw.
 
 use crate::common;
 
-use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,22 +19,22 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::Channel;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tower::ServiceBuilder;
-use tower_lifecycle::{
-    Completion, ConnectionStatus, Lifecycle, LifecycleBody, LifecycleLayer, Phase,
-};
+use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleBody, Phase};
 
-use common::{within, BodySender, Client, Completions, InFlight, Proto, BOTH, CHUNKS};
+use common::probe::Probe;
+use common::server::{lifecycle_of, send, try_send, Reply};
+use common::{within, Client, Proto, BOTH, CHUNKS};
+
+/// A server whose handlers report a [`Running`].
+type Server = common::server::Server<Running>;
 
 /// Answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -55,22 +54,9 @@ struct Running {
 }
 
 impl Running {
-    fn hook_runs(&self) -> usize {
-        self.hook_runs.load(Ordering::SeqCst)
-    }
-}
-
-/// The handler side's line to the test.
-#[derive(Clone)]
-struct Probe {
-    running: mpsc::UnboundedSender<Running>,
-    bodies: mpsc::UnboundedSender<BodySender>,
-}
-
-impl Probe {
-    /// Registers a counting hook and a task waiting on `aborted()`, then
-    /// tells the test the handler is running.
-    fn enter(&self, lifecycle: &Lifecycle) {
+    /// Registers a counting hook and a task waiting on `aborted()`; the
+    /// result is what the handler reports once it is running.
+    fn enter(lifecycle: &Lifecycle) -> Running {
         let hook_runs = Arc::new(AtomicUsize::new(0));
         let runs = hook_runs.clone();
         lifecycle.on_shutdown(move |_| {
@@ -82,27 +68,16 @@ impl Probe {
             aborted.await;
             let _ = abort_seen.send(());
         });
-        let _ = self.running.send(Running {
+        Running {
             lifecycle: lifecycle.clone(),
             hook_runs,
             saw_abort,
-        });
+        }
     }
 
-    /// A body fed by the test: hands the sending half over.
-    fn channel_body(&self) -> Channel<Bytes, Infallible> {
-        let (tx, body) = Channel::new(1);
-        let _ = self.bodies.send(tx);
-        body
+    fn hook_runs(&self) -> usize {
+        self.hook_runs.load(Ordering::SeqCst)
     }
-}
-
-/// A server under test and the test's ends of its probe and layer.
-struct Server {
-    addr: SocketAddr,
-    running: mpsc::UnboundedReceiver<Running>,
-    bodies: mpsc::UnboundedReceiver<BodySender>,
-    done: Completions,
 }
 
 /// Where the layer sits in an axum app.
@@ -115,88 +90,49 @@ enum Placement {
 }
 
 impl Server {
-    /// Starts a server with `start`, which gets the probe and the layer and
-    /// returns the address it listens on.
-    async fn start<F, Fut>(start: F) -> Server
-    where
-        F: FnOnce(Probe, LifecycleLayer) -> Fut,
-        Fut: Future<Output = SocketAddr>,
-    {
-        let (layer, done) = common::layer();
-        let (running_tx, running) = mpsc::unbounded_channel();
-        let (bodies_tx, bodies) = mpsc::unbounded_channel();
-        let probe = Probe {
-            running: running_tx,
-            bodies: bodies_tx,
-        };
-        let addr = start(probe, layer).await;
-        Server {
-            addr,
-            running,
-            bodies,
-            done,
-        }
-    }
-
     /// The layer around a bare `service_fn`, served by hyper-util.
     async fn service_fn() -> Server {
-        Server::start(|probe, layer| {
-            common::serve(
-                ServiceBuilder::new()
-                    .layer(layer)
-                    .service_fn(move |req| handle(probe.clone(), req)),
-            )
-        })
-        .await
+        Server::start(|layer| layer, handle).await
     }
 
     /// An axum app with the layer at `placement`.
     async fn axum(placement: Placement) -> Server {
-        Server::start(|probe, layer| async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let routes = Router::new()
-                .route(NORMAL, get(hello))
-                .route(PENDING, get(pending))
-                .with_state(probe);
-            match placement {
-                Placement::RouterLayer => {
-                    tokio::spawn(axum::serve(listener, routes.layer(layer)).into_future());
+        Server::start_with(
+            |layer| layer,
+            |probe, layer| async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let routes = Router::new()
+                    .route(NORMAL, get(hello))
+                    .route(PENDING, get(pending))
+                    .with_state(probe);
+                match placement {
+                    Placement::RouterLayer => {
+                        tokio::spawn(axum::serve(listener, routes.layer(layer)).into_future());
+                    }
+                    Placement::AroundRouter => {
+                        let app = ServiceBuilder::new()
+                            .map_response(|res: Response<LifecycleBody<axum::body::Body>>| {
+                                res.map(axum::body::Body::new)
+                            })
+                            .layer(layer)
+                            .service(routes);
+                        let app =
+                            axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+                        tokio::spawn(axum::serve(listener, app).into_future());
+                    }
                 }
-                Placement::AroundRouter => {
-                    let app = ServiceBuilder::new()
-                        .map_response(|res: Response<LifecycleBody<axum::body::Body>>| {
-                            res.map(axum::body::Body::new)
-                        })
-                        .layer(layer)
-                        .service(routes);
-                    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-                    tokio::spawn(axum::serve(listener, app).into_future());
-                }
-            }
-            addr
-        })
+                addr
+            },
+        )
         .await
-    }
-
-    async fn connect(&self, proto: Proto) -> Client {
-        Client::connect(self.addr, proto).await.0
     }
 
     /// The next handler to report it is running, its request not aborted.
     async fn running(&mut self) -> Running {
-        let running = within("the handler to run", self.running.recv())
-            .await
-            .expect("probe dropped");
+        let running = self.report().await;
         assert!(!running.lifecycle.is_aborted());
         running
-    }
-
-    /// The sending half of the next streamed body.
-    async fn body_sender(&mut self) -> BodySender {
-        within("a streamed body", self.bodies.recv())
-            .await
-            .expect("probe dropped")
     }
 
     /// The next completion, which must be `running`'s: its hook ran once,
@@ -244,9 +180,7 @@ impl Server {
     /// only completion, and that the earlier request's hook did not run
     /// again.
     async fn expect_normal(&mut self, client: &mut Client, earlier: &Running) {
-        let res = within("a normal response", client.send(common::get(NORMAL)))
-            .await
-            .expect("normal request failed");
+        let res = send(client, common::get(NORMAL)).await;
         assert_eq!(common::read_all(res).await, HELLO);
         let mut running = self.running().await;
         let done = self.completion(&mut running).await;
@@ -262,16 +196,11 @@ impl Server {
         self.done.assert_none();
     }
 
-    /// Starts a request for `path` on a new connection, in a task.
-    async fn start_request(&self, proto: Proto, path: &'static str) -> InFlight {
-        InFlight::start(self.addr, proto, path).await
-    }
-
     /// Leaves a pending request before the head (dropping the request and
     /// its connection), then checks the abort and a normal request on a new
     /// connection.
     async fn leave_before_head(&mut self, proto: Proto) {
-        let in_flight = self.start_request(proto, PENDING).await;
+        let in_flight = self.visit(proto, PENDING).await;
         let mut running = self.running().await;
         in_flight.leave();
         self.expect_aborted_before_head(&mut running).await;
@@ -281,15 +210,8 @@ impl Server {
 }
 
 /// The `service_fn` handler.
-async fn handle(
-    probe: Probe,
-    req: Request<Incoming>,
-) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
-    let lifecycle = req
-        .extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle");
-    probe.enter(lifecycle);
+async fn handle(probe: Probe<Running>, req: Request<Incoming>) -> Reply {
+    probe.report(Running::enter(&lifecycle_of(&req)));
     let body = match req.uri().path() {
         PENDING => std::future::pending().await,
         STREAM => probe.channel_body().boxed(),
@@ -299,14 +221,14 @@ async fn handle(
 }
 
 /// The axum handler of [`NORMAL`].
-async fn hello(State(probe): State<Probe>, lifecycle: Lifecycle) -> &'static str {
-    probe.enter(&lifecycle);
+async fn hello(State(probe): State<Probe<Running>>, lifecycle: Lifecycle) -> &'static str {
+    probe.report(Running::enter(&lifecycle));
     HELLO
 }
 
 /// The axum handler of [`PENDING`].
-async fn pending(State(probe): State<Probe>, lifecycle: Lifecycle) -> &'static str {
-    probe.enter(&lifecycle);
+async fn pending(State(probe): State<Probe<Running>>, lifecycle: Lifecycle) -> &'static str {
+    probe.report(Running::enter(&lifecycle));
     std::future::pending().await
 }
 
@@ -382,34 +304,26 @@ async fn http2_connection_closed_before_head() {
 async fn client_leaves_mid_body() {
     let mut server = Server::service_fn().await;
     for proto in BOTH {
-        let (mut client, conn) = Client::connect(server.addr, proto).await;
-        let res = within("the response head", client.send(common::get(STREAM)))
-            .await
-            .unwrap();
+        let mut stream = server.stream(proto, STREAM).await;
         let mut running = server.running().await;
-        let mut tx = server.body_sender().await;
-        let mut body = res.into_body();
         for chunk in CHUNKS {
-            tx.send_data(Bytes::from_static(chunk.as_bytes()))
-                .await
-                .unwrap();
-            common::read_exactly(&mut body, chunk).await;
+            stream.pass(chunk).await;
         }
         assert!(!running.lifecycle.is_aborted());
-        drop(body);
+        drop(stream.body);
         if proto == Proto::Http1 {
-            conn.abort();
-            client = server.connect(proto).await;
+            stream.conn.abort();
+            stream.client = server.connect(proto).await;
         }
         let done = server.expect_aborted(&mut running, Phase::Body).await;
         let yielded: usize = CHUNKS.iter().map(|c| c.len()).sum();
         assert_eq!(done.bytes_sent(), yielded as u64, "{proto:?}");
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{proto:?}");
         assert!(
-            tx.send_data(Bytes::from_static(b"too late")).await.is_err(),
+            !try_send(&mut stream.tx, "too late").await,
             "{proto:?}: the body outlived its abort"
         );
-        server.expect_normal(&mut client, &running).await;
+        server.expect_normal(&mut stream.client, &running).await;
     }
 }
 

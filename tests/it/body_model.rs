@@ -4,19 +4,20 @@
 //! the server dropping the body at any point. The layer's verdict (NORMAL
 //! or ABORTED) and `bytes_sent` must equal the model's.
 
-use std::collections::VecDeque;
+use crate::common;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use proptest::prelude::*;
 use tower::{Service, ServiceBuilder};
 use tower_lifecycle::{Completion, ConnectionStatus, LifecycleLayer};
+
+use common::scripted_body::{Hint, ScriptedBody};
 
 /// What the test body does.
 #[derive(Clone, Debug)]
@@ -37,59 +38,9 @@ struct Script {
     polls: Option<usize>,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Hint {
-    Exact,
-    Inexact,
-    Default,
-}
-
 impl Script {
     fn total(&self) -> u64 {
         self.chunks.iter().map(|&n| n as u64).sum()
-    }
-}
-
-/// A body that follows a [`Script`].
-struct ScriptBody {
-    chunks: VecDeque<usize>,
-    trailers: bool,
-    hint: Hint,
-    reports_end: bool,
-}
-
-impl Body for ScriptBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(n) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))));
-        }
-        if std::mem::take(&mut self.trailers) {
-            return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new()))));
-        }
-        Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.reports_end && self.chunks.is_empty() && !self.trailers
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let left: u64 = self.chunks.iter().map(|&n| n as u64).sum();
-        match self.hint {
-            Hint::Exact => SizeHint::with_exact(left),
-            Hint::Inexact => {
-                let mut hint = SizeHint::new();
-                hint.set_lower(left / 2);
-                hint
-            }
-            Hint::Default => SizeHint::default(),
-        }
     }
 }
 
@@ -128,12 +79,12 @@ fn run(s: &Script) -> Completion {
         .layer(layer)
         .service_fn(move |_req: Request<()>| {
             let s = script.clone();
-            let body = ScriptBody {
-                chunks: s.chunks.iter().copied().collect(),
-                trailers: s.trailers,
-                hint: s.hint,
-                reports_end: s.reports_end,
-            };
+            let mut body = ScriptedBody::new(s.chunks.iter().map(|&n| vec![b'x'; n]))
+                .hint(s.hint)
+                .reports_end(s.reports_end);
+            if s.trailers {
+                body = body.trailers(HeaderMap::new());
+            }
             let mut res = Response::new(body);
             *res.status_mut() = s.status;
             if let Some(n) = s.content_length {

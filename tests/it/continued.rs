@@ -3,8 +3,8 @@
 //! and the layer's `Drain` (with `axum::serve` and its graceful shutdown),
 //! plus one test of an abort without a tokio runtime.
 //!
-//! Every handler reports to the test through a [`Probe`] once it has set up
-//! its request: a hook that logs `hook` and keeps the completion it saw, and
+//! Every handler reports a [`Running`] to the test once it has set up its
+//! request: a hook that logs `hook` and keeps the completion it saw, and
 //! work gated by the test that logs `<name> started`, `<name> ended`, or
 //! `<name> dropped` when it is cancelled. All of a request's events go to one
 //! [`Log`], so orders (work, then hooks, then the drain) are read off it, and
@@ -14,7 +14,6 @@ use crate::common;
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -25,17 +24,20 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::Channel;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder};
-use tower_lifecycle::{Completion, ConnectionStatus, Drain, Lifecycle, LifecycleLayer, Phase};
+use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, BodySender, Client, Completions, InFlight, Proto, BOTH, CHUNKS};
+use common::probe::{probe, Probe};
+use common::server::{lifecycle_of, send, try_send, Reply};
+use common::{within, Client, Proto, BOTH, CHUNKS};
+
+/// A server whose handlers report a [`Running`].
+type Server = common::server::Server<Running>;
 
 /// `after_response` work, then a body the test feeds through a channel.
 const AFTER_STREAM: &str = "/after/stream";
@@ -57,6 +59,8 @@ const NEWSLETTER: &str = "/newsletter";
 
 const ACCEPTED: &str = "accepted";
 const OK: &str = "ok";
+/// The log of gated work that ran to its end before the hooks.
+const WORK_THEN_HOOK: [&str; 3] = ["work started", "work ended", "hook"];
 /// The events of one request, in the order they happened.
 #[derive(Clone)]
 struct Log(Arc<watch::Sender<Vec<String>>>);
@@ -152,11 +156,31 @@ struct Running {
     gate: Option<oneshot::Sender<()>>,
     /// Opens the gate of the request's async hook, if it has one.
     hook_gate: Option<oneshot::Sender<()>>,
-    /// Feeds the response body, if it is streamed.
-    body: Option<BodySender>,
 }
 
 impl Running {
+    /// Sets up a request: a log, a hook that logs `hook` and keeps its
+    /// completion, and a gate for its work (the receiving end is returned).
+    /// Report the result once the work is registered.
+    fn enter(lifecycle: &Lifecycle) -> (Running, oneshot::Receiver<()>) {
+        let log = Log::new();
+        let hooks = Arc::new(Mutex::new(Vec::new()));
+        let (hook_log, seen) = (log.clone(), hooks.clone());
+        lifecycle.on_shutdown(move |done| {
+            hook_log.push("hook");
+            seen.lock().unwrap().push(done.clone());
+        });
+        let (gate, gate_rx) = oneshot::channel();
+        let running = Running {
+            lifecycle: lifecycle.clone(),
+            log,
+            hooks,
+            gate: Some(gate),
+            hook_gate: None,
+        };
+        (running, gate_rx)
+    }
+
     fn events(&self) -> Vec<String> {
         self.log.events()
     }
@@ -177,56 +201,15 @@ impl Running {
     }
 }
 
-/// The handler side's line to the test.
-#[derive(Clone)]
-struct Probe(mpsc::UnboundedSender<Running>);
-
-impl Probe {
-    /// Sets up a request: a log, a hook that logs `hook` and keeps its
-    /// completion, and a gate for its work (the receiving end is returned).
-    /// Hand the result to [`Probe::report`] once the work is registered.
-    fn enter(&self, lifecycle: &Lifecycle) -> (Running, oneshot::Receiver<()>) {
-        let log = Log::new();
-        let hooks = Arc::new(Mutex::new(Vec::new()));
-        let (hook_log, seen) = (log.clone(), hooks.clone());
-        lifecycle.on_shutdown(move |done| {
-            hook_log.push("hook");
-            seen.lock().unwrap().push(done.clone());
-        });
-        let (gate, gate_rx) = oneshot::channel();
-        let running = Running {
-            lifecycle: lifecycle.clone(),
-            log,
-            hooks,
-            gate: Some(gate),
-            hook_gate: None,
-            body: None,
-        };
-        (running, gate_rx)
-    }
-
-    fn report(&self, running: Running) {
-        let _ = self.0.send(running);
-    }
-}
-
 /// The `service_fn` handler: what it starts depends on the path.
-async fn handle(
-    probe: Probe,
-    req: Request<Incoming>,
-) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
-    let lifecycle = req
-        .extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle")
-        .clone();
-    let (mut running, gate) = probe.enter(&lifecycle);
+async fn handle(probe: Probe<Running>, req: Request<Incoming>) -> Reply {
+    let lifecycle = lifecycle_of(&req);
+    let (running, gate) = Running::enter(&lifecycle);
     let log = running.log.clone();
     let response = match req.uri().path() {
         AFTER_STREAM => {
             lifecycle.after_response(gated(&log, "work", gate));
-            let (tx, body) = Channel::new(1);
-            running.body = Some(tx);
+            let body = probe.channel_body();
             probe.report(running);
             Response::new(body.boxed())
         }
@@ -273,41 +256,7 @@ async fn handle(
     Ok(response)
 }
 
-/// A hyper-util server with the layer around [`handle`].
-struct Server {
-    addr: SocketAddr,
-    running: mpsc::UnboundedReceiver<Running>,
-    done: Completions,
-    drain: Drain,
-}
-
 impl Server {
-    async fn start() -> Server {
-        let (layer, done) = common::layer();
-        let drain = layer.drain();
-        let (tx, running) = mpsc::unbounded_channel();
-        let probe = Probe(tx);
-        let addr = common::serve(
-            ServiceBuilder::new()
-                .layer(layer)
-                .service_fn(move |req| handle(probe.clone(), req)),
-        )
-        .await;
-        Server {
-            addr,
-            running,
-            done,
-            drain,
-        }
-    }
-
-    /// The next request to be set up by its handler.
-    async fn running(&mut self) -> Running {
-        within("the handler to run", self.running.recv())
-            .await
-            .expect("probe dropped")
-    }
-
     /// The next completion, which must be `running`'s: its hook ran once
     /// and saw the same completion as the layer's `on_complete`.
     async fn completion(&mut self, running: &Running) -> Completion {
@@ -320,9 +269,14 @@ impl Server {
         done
     }
 
-    /// Starts a request for `path` on a new connection, in a task.
-    async fn start_request(&self, proto: Proto, path: &'static str) -> InFlight {
-        InFlight::start(self.addr, proto, path).await
+    /// Checks that `running`'s hooks have not run and no completion came
+    /// while its work waits at its gate, then opens the gate and returns the
+    /// request's completion.
+    async fn release(&mut self, running: &mut Running, proto: Proto) -> Completion {
+        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
+        self.done.assert_none();
+        running.open_gate();
+        self.completion(running).await
     }
 }
 
@@ -341,20 +295,12 @@ fn events(list: &[&str]) -> Vec<String> {
 /// work ended: NORMAL, phase Continued.
 #[tokio::test]
 async fn after_response_starts_once_the_body_is_complete() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let (mut client, _conn) = Client::connect(server.addr, proto).await;
-        let res = within("the response head", client.send(common::get(AFTER_STREAM)))
-            .await
-            .unwrap();
-        let mut running = server.running().await;
-        let mut tx = running.body.take().expect("a streamed body");
-        let mut body = res.into_body();
+        let mut stream = server.stream(proto, AFTER_STREAM).await;
+        let mut running = server.report().await;
         for chunk in CHUNKS {
-            tx.send_data(Bytes::from_static(chunk.as_bytes()))
-                .await
-                .unwrap();
-            common::read_exactly(&mut body, chunk).await;
+            stream.pass(chunk).await;
             assert!(
                 running.events().is_empty(),
                 "{proto:?}: the work started mid-body: {:?}",
@@ -363,9 +309,9 @@ async fn after_response_starts_once_the_body_is_complete() {
         }
         // Every byte was read, but the producer has not finished the body.
         assert!(running.events().is_empty(), "{proto:?}");
-        drop(tx);
+        drop(stream.tx);
         // HTTP/2 may end the stream with an empty DATA frame.
-        let rest = within("the end of the body", body.collect())
+        let rest = within("the end of the body", stream.body.collect())
             .await
             .expect("body error")
             .to_bytes();
@@ -373,22 +319,14 @@ async fn after_response_starts_once_the_body_is_complete() {
 
         running.log.wait_for("work started").await;
         assert_eq!(running.lifecycle.status(), ConnectionStatus::NORMAL);
-        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
-        server.done.assert_none();
-
-        running.open_gate();
-        let done = server.completion(&running).await;
+        let done = server.release(&mut running, proto).await;
         assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
         assert_eq!(done.phase(), Phase::Continued, "{done:?}");
         assert!(!done.continued(), "{done:?}");
         let total: usize = CHUNKS.iter().map(|c| c.len()).sum();
         assert_eq!(done.bytes_sent(), total as u64, "{done:?}");
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{done:?}");
-        assert_eq!(
-            running.events(),
-            events(&["work started", "work ended", "hook"]),
-            "{proto:?}"
-        );
+        assert_eq!(running.events(), events(&WORK_THEN_HOOK), "{proto:?}");
         server.done.assert_none();
     }
 }
@@ -398,29 +336,21 @@ async fn after_response_starts_once_the_body_is_complete() {
 /// runs to its end; the hooks run once after it.
 #[tokio::test]
 async fn after_response_runs_when_the_client_left_before_the_head() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let in_flight = server.start_request(proto, AFTER_PENDING).await;
-        let mut running = server.running().await;
+        let in_flight = server.visit(proto, AFTER_PENDING).await;
+        let mut running = server.report().await;
         assert!(running.events().is_empty(), "{proto:?}: started too early");
         in_flight.leave();
 
         running.log.wait_for("work started").await;
         assert!(running.lifecycle.is_aborted(), "{proto:?}");
-        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
-        server.done.assert_none();
-
-        running.open_gate();
-        let done = server.completion(&running).await;
+        let done = server.release(&mut running, proto).await;
         assert_eq!(done.status(), ConnectionStatus::ABORTED, "{done:?}");
         assert_eq!(done.phase(), Phase::Continued, "{done:?}");
         assert_eq!(done.response_status(), None, "{done:?}");
         assert!(!done.continued(), "{done:?}");
-        assert_eq!(
-            running.events(),
-            events(&["work started", "work ended", "hook"]),
-            "{proto:?}"
-        );
+        assert_eq!(running.events(), events(&WORK_THEN_HOOK), "{proto:?}");
         server.done.assert_none();
     }
 }
@@ -430,44 +360,28 @@ async fn after_response_runs_when_the_client_left_before_the_head() {
 /// to its end before the hooks.
 #[tokio::test]
 async fn after_response_runs_when_the_client_left_mid_body() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let (mut client, conn) = Client::connect(server.addr, proto).await;
-        let res = within("the response head", client.send(common::get(AFTER_STREAM)))
-            .await
-            .unwrap();
-        let mut running = server.running().await;
-        let mut tx = running.body.take().expect("a streamed body");
-        let mut body = res.into_body();
-        tx.send_data(Bytes::from_static(CHUNKS[0].as_bytes()))
-            .await
-            .unwrap();
-        common::read_exactly(&mut body, CHUNKS[0]).await;
+        let mut stream = server.stream(proto, AFTER_STREAM).await;
+        let mut running = server.report().await;
+        stream.pass(CHUNKS[0]).await;
         assert!(running.events().is_empty(), "{proto:?}: started mid-body");
-        drop(body);
-        drop(client);
-        conn.abort();
+        drop(stream.body);
+        drop(stream.client);
+        stream.conn.abort();
 
         running.log.wait_for("work started").await;
         assert!(running.lifecycle.is_aborted(), "{proto:?}");
         assert!(
-            tx.send_data(Bytes::from_static(b"too late")).await.is_err(),
+            !try_send(&mut stream.tx, "too late").await,
             "{proto:?}: the body outlived its abort"
         );
-        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
-        server.done.assert_none();
-
-        running.open_gate();
-        let done = server.completion(&running).await;
+        let done = server.release(&mut running, proto).await;
         assert_eq!(done.status(), ConnectionStatus::ABORTED, "{done:?}");
         assert_eq!(done.phase(), Phase::Continued, "{done:?}");
         assert_eq!(done.bytes_sent(), CHUNKS[0].len() as u64, "{done:?}");
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{done:?}");
-        assert_eq!(
-            running.events(),
-            events(&["work started", "work ended", "hook"]),
-            "{proto:?}"
-        );
+        assert_eq!(running.events(), events(&WORK_THEN_HOOK), "{proto:?}");
         server.done.assert_none();
     }
 }
@@ -476,10 +390,10 @@ async fn after_response_runs_when_the_client_left_mid_body() {
 /// (its drop guard fires) and the hooks run once, after that.
 #[tokio::test]
 async fn spawned_work_is_cancelled_when_the_client_leaves() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let in_flight = server.start_request(proto, SPAWN_PENDING).await;
-        let running = server.running().await;
+        let in_flight = server.visit(proto, SPAWN_PENDING).await;
+        let running = server.report().await;
         running.log.wait_for("work started").await;
         assert_eq!(running.hook_runs(), 0, "{proto:?}");
         in_flight.leave();
@@ -507,21 +421,14 @@ async fn spawned_work_is_cancelled_when_the_client_leaves() {
 /// they run once it ended, phase Continued.
 #[tokio::test]
 async fn hooks_wait_for_spawned_work() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let (mut client, _conn) = Client::connect(server.addr, proto).await;
-        let res = within("the response", client.send(common::get(SPAWN)))
-            .await
-            .unwrap();
+        let (_client, _conn, res) = server.request(proto, SPAWN).await;
         assert_eq!(common::read_all(res).await, OK);
-        let mut running = server.running().await;
+        let mut running = server.report().await;
         running.log.wait_for("work started").await;
         running.log.wait_for("response done").await;
-        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
-        server.done.assert_none();
-
-        running.open_gate();
-        let done = server.completion(&running).await;
+        let done = server.release(&mut running, proto).await;
         assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
         assert_eq!(done.phase(), Phase::Continued, "{done:?}");
         assert_eq!(done.response_status(), Some(StatusCode::OK), "{done:?}");
@@ -538,21 +445,17 @@ async fn hooks_wait_for_spawned_work() {
 /// continued.
 #[tokio::test]
 async fn spawned_work_continues_under_ignore_abort() {
-    let mut server = Server::start().await;
+    let mut server = Server::start(|layer| layer, handle).await;
     for proto in BOTH {
-        let in_flight = server.start_request(proto, SPAWN_IGNORE).await;
-        let mut running = server.running().await;
+        let in_flight = server.visit(proto, SPAWN_IGNORE).await;
+        let mut running = server.report().await;
         running.log.wait_for("work started").await;
         in_flight.leave();
 
         // The handler continued and saw the abort: the decision to keep
         // the request's work is behind us.
         running.log.wait_for("handler saw the abort").await;
-        assert_eq!(running.hook_runs(), 0, "{proto:?}: hooks before the work");
-        server.done.assert_none();
-
-        running.open_gate();
-        let done = server.completion(&running).await;
+        let done = server.release(&mut running, proto).await;
         assert_eq!(done.status(), ConnectionStatus::ABORTED, "{done:?}");
         assert_eq!(done.phase(), Phase::Continued, "{done:?}");
         assert!(done.continued(), "{done:?}");
@@ -573,10 +476,10 @@ async fn spawned_work_continues_under_ignore_abort() {
 /// The axum handler of the drain test: answers 202 at once and keeps
 /// working in `after_response`; an async hook (gated too) follows.
 async fn newsletter(
-    State(probe): State<Probe>,
+    State(probe): State<Probe<Running>>,
     lifecycle: Lifecycle,
 ) -> (StatusCode, &'static str) {
-    let (mut running, gate) = probe.enter(&lifecycle);
+    let (mut running, gate) = Running::enter(&lifecycle);
     lifecycle.after_response(gated(&running.log, "work", gate));
     let (hook_gate, hook_wait) = oneshot::channel::<()>();
     running.hook_gate = Some(hook_gate);
@@ -605,10 +508,10 @@ async fn drain_waits_for_work_and_async_hooks_after_axum_stopped() {
     for proto in BOTH {
         let (layer, mut done) = common::layer();
         let drain = layer.drain();
-        let (tx, mut running_rx) = mpsc::unbounded_channel();
+        let (probe, mut reports) = probe();
         let app = Router::new()
             .route(NEWSLETTER, post(newsletter))
-            .with_state(Probe(tx))
+            .with_state(probe)
             .layer(layer);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -622,14 +525,10 @@ async fn drain_waits_for_work_and_async_hooks_after_axum_stopped() {
         );
 
         let (mut client, _conn) = Client::connect(addr, proto).await;
-        let res = within("the response", client.send(post_request(NEWSLETTER)))
-            .await
-            .unwrap();
+        let res = send(&mut client, post_request(NEWSLETTER)).await;
         assert_eq!(res.status(), StatusCode::ACCEPTED);
         assert_eq!(common::read_all(res).await, ACCEPTED);
-        let mut running = within("the handler to run", running_rx.recv())
-            .await
-            .unwrap();
+        let mut running = reports.next().await;
         running.log.wait_for("work started").await;
         assert_eq!(drain.in_flight(), 1, "{proto:?}");
 
@@ -690,22 +589,18 @@ async fn drain_waits_for_work_and_async_hooks_after_axum_stopped() {
 async fn shutdown_cancels_a_straggler_after_the_grace_period() {
     let grace = Duration::from_millis(200);
     for proto in BOTH {
-        let mut server = Server::start().await;
-        let (mut client, _conn) = Client::connect(server.addr, proto).await;
+        let mut server = Server::start(|layer| layer, handle).await;
+        let mut client = server.connect(proto).await;
 
-        let res = within("the response", client.send(common::get(AFTER)))
-            .await
-            .unwrap();
+        let res = send(&mut client, common::get(AFTER)).await;
         assert_eq!(res.status(), StatusCode::ACCEPTED);
         assert_eq!(common::read_all(res).await, ACCEPTED);
-        let mut in_time = server.running().await;
+        let mut in_time = server.report().await;
         in_time.log.wait_for("work started").await;
 
-        let res = within("the response", client.send(common::get(STRAGGLER)))
-            .await
-            .unwrap();
+        let res = send(&mut client, common::get(STRAGGLER)).await;
         assert_eq!(common::read_all(res).await, OK);
-        let straggler = server.running().await;
+        let straggler = server.report().await;
         straggler.log.wait_for("after_response started").await;
         straggler.log.wait_for("spawn started").await;
         assert_eq!(server.drain.in_flight(), 2, "{proto:?}");
@@ -729,11 +624,7 @@ async fn shutdown_cancels_a_straggler_after_the_grace_period() {
         let first = server.completion(&in_time).await;
         assert_eq!(first.status(), ConnectionStatus::NORMAL, "{first:?}");
         assert_eq!(first.phase(), Phase::Continued, "{first:?}");
-        assert_eq!(
-            in_time.events(),
-            events(&["work started", "work ended", "hook"]),
-            "{proto:?}"
-        );
+        assert_eq!(in_time.events(), events(&WORK_THEN_HOOK), "{proto:?}");
 
         let last = server.completion(&straggler).await;
         assert!(
@@ -778,15 +669,14 @@ fn abort_without_a_runtime_is_refused_and_runs_the_hooks_once() {
             let _ = tx.send(done.clone());
         });
     let drain = layer.drain();
-    let (running_tx, mut running_rx) = mpsc::unbounded_channel();
-    let probe = Probe(running_tx);
+    let (probe, mut reports) = probe();
     let mut svc = ServiceBuilder::new()
         .layer(layer)
         .service_fn(move |req: Request<()>| {
             let probe = probe.clone();
             async move {
-                let lifecycle = req.extensions().get::<Lifecycle>().unwrap().clone();
-                let (running, gate) = probe.enter(&lifecycle);
+                let lifecycle = lifecycle_of(&req);
+                let (running, gate) = Running::enter(&lifecycle);
                 let (_, spawn_gate) = oneshot::channel();
                 lifecycle.spawn(gated(&running.log, "spawned", spawn_gate));
                 lifecycle.after_response(gated(&running.log, "after_response", gate));
@@ -799,7 +689,7 @@ fn abort_without_a_runtime_is_refused_and_runs_the_hooks_once() {
     assert!(svc.poll_ready(&mut cx).is_ready());
     let mut future = Box::pin(svc.call(Request::new(())));
     assert!(future.as_mut().poll(&mut cx).is_pending());
-    let running = running_rx.try_recv().expect("the handler ran");
+    let running = reports.try_next().expect("the handler ran");
     assert!(!running.lifecycle.is_aborted());
     assert_eq!(drain.in_flight(), 1);
 

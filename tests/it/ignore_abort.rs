@@ -15,21 +15,20 @@
 use crate::common;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::channel::Channel;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use tokio::sync::{mpsc, oneshot};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, BodySender, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
+use common::probe::{DropGuard, Gate, Probe};
+use common::server::{lifecycle_of, Reply};
+use common::{within, BodySender, InFlight, Proto, BOTH};
 
 /// Any path that is not a job answers at once with [`HELLO`].
 const NORMAL: &str = "/";
@@ -65,8 +64,12 @@ enum Event {
     Hook(Completion),
 }
 
-type Events = mpsc::UnboundedSender<Event>;
-type Gate = oneshot::Receiver<()>;
+type Events = common::probe::Events<Event>;
+/// The test's end of one job.
+type Job = common::probe::Job<Event>;
+/// A server whose handlers report a [`Job`].
+type Server = common::server::Server<Job>;
+
 /// What a job does.
 #[derive(Clone, Copy, Debug)]
 enum Work {
@@ -170,33 +173,6 @@ impl Drop for Inside<'_> {
     }
 }
 
-/// Reports [`Event::Dropped`] when the handler's future is dropped before
-/// the guard was disarmed.
-struct DropGuard<'a>(Option<&'a Events>);
-
-impl DropGuard<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for DropGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(events) = self.0 {
-            let _ = events.send(Event::Dropped);
-        }
-    }
-}
-
-/// The test's end of one job.
-struct Job {
-    lifecycle: Lifecycle,
-    gate: Opener,
-    events: EventReader<Event>,
-}
-
-impl Job {}
-
 /// The events of a job whose handler was dropped: `Dropped` and one `Hook`,
 /// in either order (the hooks run as the response future is dropped, the
 /// handler's future with it). Returns the hook's completion.
@@ -237,50 +213,18 @@ impl Outcome {
     }
 }
 
-/// The handler side's line to the test.
-#[derive(Clone)]
-struct Probe {
-    jobs: mpsc::UnboundedSender<Job>,
-    gauge: Arc<Gauge>,
-}
-
-impl Probe {
-    /// Registers the request's hook and reports the job to the test; returns
-    /// the job's event sender and gate.
-    fn report(&self, lifecycle: &Lifecycle) -> (Events, Gate) {
-        let (events, receiver) = mpsc::unbounded_channel();
-        let hook = events.clone();
-        lifecycle.on_shutdown(move |done| {
-            let _ = hook.send(Event::Hook(done.clone()));
-        });
-        let (key, gate) = oneshot::channel();
-        let _ = self.jobs.send(Job {
-            lifecycle: lifecycle.clone(),
-            gate: Opener(Some(key)),
-            events: EventReader(receiver),
-        });
-        (events, gate)
-    }
-}
-
 /// The handler: a job for `/{work}/{policy}`, [`HELLO`] for anything else.
-async fn handle(
-    probe: Probe,
-    req: Request<Incoming>,
-) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+/// A handler that continues counts itself in `gauge`.
+async fn handle(probe: Probe<Job>, gauge: Arc<Gauge>, req: Request<Incoming>) -> Reply {
     let Some((work, policy)) = Work::parse(req.uri().path()) else {
         return Ok(Response::new(Full::from(HELLO).boxed()));
     };
-    let lifecycle = req
-        .extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle")
-        .clone();
+    let lifecycle = lifecycle_of(&req);
     policy.apply(&lifecycle);
-    let (events, gate) = probe.report(&lifecycle);
+    let (events, gate) = probe.job(&lifecycle, Event::Hook);
     let body = match work {
         Work::Hold => {
-            hold(&lifecycle, &probe.gauge, &events, gate).await;
+            hold(&lifecycle, &gauge, &events, gate).await;
             Full::from(HELLO).boxed()
         }
         Work::Stream => produce(events, gate).boxed(),
@@ -291,7 +235,7 @@ async fn handle(
 /// Waits on the gate. Once the client left (the handler keeps running only
 /// if the request continues), it counts itself in the gauge while it waits.
 async fn hold(lifecycle: &Lifecycle, gauge: &Gauge, events: &Events, mut gate: Gate) {
-    let guard = DropGuard(Some(events));
+    let guard = DropGuard::new(events, Event::Dropped);
     let opened = tokio::select! {
         biased;
         _ = &mut gate => true,
@@ -338,53 +282,35 @@ async fn send_all(tx: &mut BodySender, chunks: impl IntoIterator<Item = Bytes>) 
     sent
 }
 
-/// A server under test and the test's ends of its probe and layer.
-struct Server {
-    addr: SocketAddr,
-    jobs: mpsc::UnboundedReceiver<Job>,
-    done: Completions,
-    gauge: Arc<Gauge>,
-}
-
 impl Server {
     /// Serves [`handle`] behind the layer, set up by `configure`.
-    async fn start(configure: impl FnOnce(LifecycleLayer) -> LifecycleLayer) -> Server {
-        let (layer, done) = common::layer();
-        let (jobs_tx, jobs) = mpsc::unbounded_channel();
-        let gauge = Arc::new(Gauge::default());
-        let probe = Probe {
-            jobs: jobs_tx,
-            gauge: gauge.clone(),
-        };
-        let svc = ServiceBuilder::new()
-            .layer(configure(layer))
-            .service_fn(move |req| handle(probe.clone(), req));
-        Server {
-            addr: common::serve(svc).await,
-            jobs,
-            done,
-            gauge,
-        }
+    async fn jobs(configure: impl FnOnce(LifecycleLayer) -> LifecycleLayer) -> Server {
+        Server::counting(configure, Arc::default()).await
+    }
+
+    /// Like [`Server::jobs`]; the handlers that continue count themselves
+    /// in `gauge`.
+    async fn counting(
+        configure: impl FnOnce(LifecycleLayer) -> LifecycleLayer,
+        gauge: Arc<Gauge>,
+    ) -> Server {
+        Server::start(configure, move |probe, req| {
+            handle(probe, gauge.clone(), req)
+        })
+        .await
     }
 
     /// The next job to report it is running, its request not aborted.
     async fn job(&mut self) -> Job {
-        let job = within("a job's handler to run", self.jobs.recv())
-            .await
-            .expect("probe dropped");
+        let job = self.report().await;
         assert!(!job.lifecycle.is_aborted());
         job
-    }
-
-    /// Starts a request for `path` on a new connection, in a task.
-    async fn visit(&self, proto: Proto, path: String) -> InFlight {
-        InFlight::start(self.addr, proto, &path).await
     }
 
     /// Starts a [`Work::Hold`] job and leaves once its handler runs, before
     /// the response head.
     async fn leave_before_head(&mut self, proto: Proto, policy: Policy) -> Job {
-        let visit = self.visit(proto, Work::Hold.path(policy)).await;
+        let visit = self.visit(proto, &Work::Hold.path(policy)).await;
         let job = self.job().await;
         visit.leave();
         job
@@ -393,13 +319,7 @@ impl Server {
     /// Starts a [`Work::Stream`] job, reads [`HEAD`], then leaves: drops the
     /// body and closes the connection.
     async fn leave_mid_body(&mut self, proto: Proto, policy: Policy) -> Job {
-        let (mut client, conn) = Client::connect(self.addr, proto).await;
-        let res = within(
-            "the response head",
-            client.send(common::get(&Work::Stream.path(policy))),
-        )
-        .await
-        .expect("the streamed request failed");
+        let (_client, conn, res) = self.request(proto, &Work::Stream.path(policy)).await;
         let job = self.job().await;
         let mut body = res.into_body();
         common::read_exactly(&mut body, &HEAD.concat()).await;
@@ -411,10 +331,7 @@ impl Server {
     /// A normal request on a new connection is answered, and its completion
     /// is the next and only one.
     async fn expect_normal(&mut self, proto: Proto) {
-        let (mut client, _conn) = Client::connect(self.addr, proto).await;
-        let res = within("a normal response", client.send(common::get(NORMAL)))
-            .await
-            .expect("the normal request failed");
+        let (_client, _conn, res) = self.request(proto, NORMAL).await;
         assert_eq!(common::read_all(res).await, HELLO);
         let done = self.done.next().await;
         assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
@@ -511,7 +428,7 @@ fn refusal_warnings() -> usize {
 /// head, the handler runs to its end, the hooks run after it.
 #[tokio::test]
 async fn layer_default_on_handler_runs_to_its_end() {
-    let mut server = Server::start(|layer| layer.ignore_abort(true)).await;
+    let mut server = Server::jobs(|layer| layer.ignore_abort(true)).await;
     for proto in BOTH {
         server.continues_before_head(proto, Policy::Layer).await;
     }
@@ -520,7 +437,7 @@ async fn layer_default_on_handler_runs_to_its_end() {
 /// 1b. Ignore-abort turned on by the handler before the client leaves.
 #[tokio::test]
 async fn handler_turned_on_handler_runs_to_its_end() {
-    let mut server = Server::start(|layer| layer).await;
+    let mut server = Server::jobs(|layer| layer).await;
     for proto in BOTH {
         server.continues_before_head(proto, Policy::On).await;
     }
@@ -531,7 +448,7 @@ async fn handler_turned_on_handler_runs_to_its_end() {
 #[tokio::test]
 async fn body_is_drained_to_its_end() {
     for (layer_on, policy) in [(true, Policy::Layer), (false, Policy::On)] {
-        let mut server = Server::start(|layer| layer.ignore_abort(layer_on)).await;
+        let mut server = Server::jobs(|layer| layer.ignore_abort(layer_on)).await;
         for proto in BOTH {
             server.drained_mid_body(proto, policy).await;
         }
@@ -548,7 +465,7 @@ async fn off_handler_is_cancelled() {
         (false, Policy::OnThenOff),
         (true, Policy::OnThenOff),
     ] {
-        let mut server = Server::start(|layer| layer.ignore_abort(layer_on)).await;
+        let mut server = Server::jobs(|layer| layer.ignore_abort(layer_on)).await;
         for proto in BOTH {
             server.cancelled_before_head(proto, policy).await;
         }
@@ -560,7 +477,7 @@ async fn off_handler_is_cancelled() {
 #[tokio::test]
 async fn off_body_is_cancelled() {
     for policy in [Policy::Layer, Policy::OnThenOff] {
-        let mut server = Server::start(|layer| layer).await;
+        let mut server = Server::jobs(|layer| layer).await;
         for proto in BOTH {
             server.cancelled_mid_body(proto, policy).await;
         }
@@ -604,13 +521,14 @@ async fn ignore_abort_returns_the_previous_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_detached_bounds_continuing_requests() {
     let _counting = common::COUNTED_WARNINGS.lock().await;
-    let mut server =
-        Server::start(|layer| layer.ignore_abort(true).max_detached(MAX_DETACHED)).await;
+    let gauge = Arc::new(Gauge::default());
+    let configure = |layer: LifecycleLayer| layer.ignore_abort(true).max_detached(MAX_DETACHED);
+    let mut server = Server::counting(configure, gauge.clone()).await;
     for proto in BOTH {
         let warned = refusal_warnings();
         let mut visits = Vec::new();
         for _ in 0..BURST {
-            visits.push(server.visit(proto, Work::Hold.path(Policy::Layer)).await);
+            visits.push(server.visit(proto, &Work::Hold.path(Policy::Layer)).await);
         }
         let mut jobs = Vec::new();
         for _ in 0..BURST {
@@ -636,8 +554,8 @@ async fn max_detached_bounds_continuing_requests() {
             Outcome::Refused.check(&server.done.next().await);
         }
         assert_eq!(refusal_warnings() - warned, BURST - MAX_DETACHED);
-        assert_eq!(server.gauge.now(), MAX_DETACHED);
-        assert!(server.gauge.max() <= MAX_DETACHED, "{proto:?}");
+        assert_eq!(gauge.now(), MAX_DETACHED);
+        assert!(gauge.max() <= MAX_DETACHED, "{proto:?}");
 
         // The continuing jobs hold their slots; a normal request is served.
         server.expect_normal(proto).await;
@@ -653,7 +571,7 @@ async fn max_detached_bounds_continuing_requests() {
             }
         }
         server.done.assert_none();
-        assert_eq!(server.gauge.now(), 0);
-        assert!(server.gauge.max() <= MAX_DETACHED, "{proto:?}");
+        assert_eq!(gauge.now(), 0);
+        assert!(gauge.max() <= MAX_DETACHED, "{proto:?}");
     }
 }

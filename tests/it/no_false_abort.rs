@@ -17,17 +17,14 @@
 
 use crate::common;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRAILER};
 use http::{response, HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -37,6 +34,7 @@ use tower::Layer;
 use tower_http::on_early_drop::{OnBodyDrop, OnDropCallback, OnEarlyDropLayer, OnFutureDrop};
 use tower_lifecycle::{Completion, ConnectionStatus, Phase};
 
+use common::scripted_body::ScriptedBody;
 use common::{within, Client, Proto, BOTH};
 
 /// Which server a case is served by.
@@ -77,139 +75,108 @@ const AXUM_BODY: &str = "hello from axum";
 
 /// The table of cases, in the order they are requested.
 const CASES: &[Case] = &[
-    Case {
-        name: "stream",
-        what: "chunked `Channel` stream, read to the end",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "one two three",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [13, 13],
-    },
-    Case {
-        name: "full",
-        what: "`Full` body",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "full body",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [9, 9],
-    },
-    Case {
-        name: "exact-size-hint",
-        what: "exact `size_hint`, two chunks (not `Full`)",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "exact size",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [10, 10],
-    },
-    Case {
-        name: "end-stream",
-        what: "`is_end_stream` after the last chunk, no `size_hint`",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "ends itself",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [11, 11],
-    },
-    Case {
-        name: "content-length",
-        what: "handler-set `Content-Length`, streamed body",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "length from header",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [18, 18],
-    },
-    Case {
-        name: "head",
-        what: "HEAD, plain service, body with `Content-Length`",
-        server: Server::Plain,
-        head: true,
-        status: 200,
-        body: "",
-        trailers: [false, false],
-        protocol_error: [false, true],
-        bytes_sent: [0, 9],
-    },
-    Case {
-        name: "axum-get",
-        what: "axum GET route",
-        server: Server::Axum,
-        head: false,
-        status: 200,
-        body: AXUM_BODY,
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [15, 15],
-    },
-    Case {
-        name: "axum-head",
-        what: "HEAD on an axum GET route",
-        server: Server::Axum,
-        head: true,
-        status: 200,
-        body: "",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [0, 0],
-    },
-    Case {
-        name: "204",
-        what: "204 No Content, empty streamed body",
-        server: Server::Plain,
-        head: false,
-        status: 204,
-        body: "",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [0, 0],
-    },
-    Case {
-        name: "304",
-        what: "304 Not Modified, empty streamed body",
-        server: Server::Plain,
-        head: false,
-        status: 304,
-        body: "",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [0, 0],
-    },
-    Case {
-        name: "empty",
-        what: "`Empty` body",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "",
-        trailers: [false, false],
-        protocol_error: [false, false],
-        bytes_sent: [0, 0],
-    },
-    Case {
-        name: "trailers",
-        what: "data then trailers",
-        server: Server::Plain,
-        head: false,
-        status: 200,
-        body: "with trailers",
-        trailers: [true, true],
-        protocol_error: [false, false],
-        bytes_sent: [13, 13],
-    },
+    Case::plain(
+        "stream",
+        "chunked `Channel` stream, read to the end",
+        "one two three",
+    )
+    .bytes_sent([13, 13]),
+    Case::plain("full", "`Full` body", "full body").bytes_sent([9, 9]),
+    Case::plain(
+        "exact-size-hint",
+        "exact `size_hint`, two chunks (not `Full`)",
+        "exact size",
+    )
+    .bytes_sent([10, 10]),
+    Case::plain(
+        "end-stream",
+        "`is_end_stream` after the last chunk, no `size_hint`",
+        "ends itself",
+    )
+    .bytes_sent([11, 11]),
+    Case::plain(
+        "content-length",
+        "handler-set `Content-Length`, streamed body",
+        "length from header",
+    )
+    .bytes_sent([18, 18]),
+    Case::plain(
+        "head",
+        "HEAD, plain service, body with `Content-Length`",
+        "",
+    )
+    .head()
+    .protocol_error([false, true])
+    .bytes_sent([0, 9]),
+    Case::plain("axum-get", "axum GET route", AXUM_BODY)
+        .axum()
+        .bytes_sent([15, 15]),
+    Case::plain("axum-head", "HEAD on an axum GET route", "")
+        .axum()
+        .head()
+        .bytes_sent([0, 0]),
+    Case::plain("204", "204 No Content, empty streamed body", "")
+        .status(204)
+        .bytes_sent([0, 0]),
+    Case::plain("304", "304 Not Modified, empty streamed body", "")
+        .status(304)
+        .bytes_sent([0, 0]),
+    Case::plain("empty", "`Empty` body", "").bytes_sent([0, 0]),
+    Case::plain("trailers", "data then trailers", "with trailers")
+        .trailers()
+        .bytes_sent([13, 13]),
 ];
+
+impl Case {
+    /// A GET answered 200 by the plain server, no trailers, no protocol
+    /// error.
+    const fn plain(name: &'static str, what: &'static str, body: &'static str) -> Case {
+        Case {
+            name,
+            what,
+            server: Server::Plain,
+            head: false,
+            status: 200,
+            body,
+            trailers: [false, false],
+            protocol_error: [false, false],
+            bytes_sent: [0, 0],
+        }
+    }
+
+    const fn axum(self) -> Case {
+        Case {
+            server: Server::Axum,
+            ..self
+        }
+    }
+
+    const fn head(self) -> Case {
+        Case { head: true, ..self }
+    }
+
+    const fn status(self, status: u16) -> Case {
+        Case { status, ..self }
+    }
+
+    const fn trailers(self) -> Case {
+        Case {
+            trailers: [true, true],
+            ..self
+        }
+    }
+
+    const fn protocol_error(self, protocol_error: [bool; 2]) -> Case {
+        Case {
+            protocol_error,
+            ..self
+        }
+    }
+
+    const fn bytes_sent(self, bytes_sent: [u64; 2]) -> Case {
+        Case { bytes_sent, ..self }
+    }
+}
 
 /// The response body type of the plain server.
 type CaseBody = BoxBody<Bytes, Infallible>;
@@ -220,22 +187,28 @@ fn response(name: &str) -> Response<CaseBody> {
     let (head, body) = match name {
         "stream" => (ok, produced(&["one ", "two ", "three"])),
         "full" => (ok, Full::from("full body").boxed()),
-        "exact-size-hint" => (ok, Chunks::new(&["exact ", "size"]).exact().boxed()),
-        "end-stream" => (ok, Chunks::new(&["ends ", "itself"]).ends().boxed()),
+        "exact-size-hint" => (ok, ScriptedBody::new(["exact ", "size"]).exact().boxed()),
+        "end-stream" => (ok, ScriptedBody::new(["ends ", "itself"]).ends().boxed()),
         "content-length" => (
             ok.header(CONTENT_LENGTH, 18),
-            Chunks::new(&["length ", "from header"]).boxed(),
+            ScriptedBody::new(["length ", "from header"]).boxed(),
         ),
         "head" => (
             ok.header(CONTENT_LENGTH, 9),
-            Chunks::new(&["head ", "body"]).boxed(),
+            ScriptedBody::new(["head ", "body"]).boxed(),
         ),
-        "204" => (ok.status(204), Chunks::new(&[]).boxed()),
-        "304" => (ok.status(304), Chunks::new(&[]).boxed()),
+        "204" => (
+            ok.status(204),
+            ScriptedBody::new(Vec::<Bytes>::new()).boxed(),
+        ),
+        "304" => (
+            ok.status(304),
+            ScriptedBody::new(Vec::<Bytes>::new()).boxed(),
+        ),
         "empty" => (ok, Empty::new().boxed()),
         "trailers" => (
             ok.header(TRAILER, "x-checksum"),
-            Chunks::new(&["with ", "trailers"])
+            ScriptedBody::new(["with ", "trailers"])
                 .trailers(trailers())
                 .boxed(),
         ),
@@ -282,77 +255,6 @@ fn produced(chunks: &'static [&'static str]) -> CaseBody {
         }
     });
     body.boxed()
-}
-
-/// A hand-written response body: data chunks, then maybe trailers, one
-/// frame per poll, every frame ready at once. Its `size_hint` is exact
-/// (and kept exact as it yields), and `is_end_stream` turns true after the
-/// last frame, only when asked for: otherwise hyper learns the end only from
-/// a `Content-Length`, the request method or the status, or by polling to
-/// `None`.
-struct Chunks {
-    frames: VecDeque<Frame<Bytes>>,
-    remaining: u64,
-    exact: bool,
-    ends: bool,
-}
-
-impl Chunks {
-    fn new(chunks: &[&'static str]) -> Chunks {
-        Chunks {
-            frames: chunks
-                .iter()
-                .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
-                .collect(),
-            remaining: chunks.iter().map(|c| c.len() as u64).sum(),
-            exact: false,
-            ends: false,
-        }
-    }
-
-    fn exact(self) -> Chunks {
-        Chunks {
-            exact: true,
-            ..self
-        }
-    }
-
-    fn ends(self) -> Chunks {
-        Chunks { ends: true, ..self }
-    }
-
-    fn trailers(mut self, trailers: HeaderMap) -> Chunks {
-        self.frames.push_back(Frame::trailers(trailers));
-        self
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let frame = self.frames.pop_front();
-        if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
-            self.remaining -= data.len() as u64;
-        }
-        Poll::Ready(frame.map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ends && self.frames.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.exact {
-            SizeHint::with_exact(self.remaining)
-        } else {
-            SizeHint::default()
-        }
-    }
 }
 
 /// The two servers of a run.

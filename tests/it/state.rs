@@ -6,19 +6,19 @@
 use crate::common;
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lifecycle::{ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
+use crate::logic::PollFnBody;
 use common::{layer, within};
 
 /// A service whose handler spawns work that never ends by itself, answers
@@ -117,22 +117,8 @@ async fn set_time_limit_cannot_lift_a_grpc_clients_deadline() {
 
 /// A body with an exact length that never yields: the layer keeps it
 /// inline (nothing to drain), and dropping it is an abort.
-struct Stuck;
-
-impl Body for Stuck {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Pending
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(10)
-    }
+fn stuck() -> impl Body<Data = Bytes, Error = Infallible> {
+    PollFnBody::new(|| Poll::Pending).exact(10)
 }
 
 #[tokio::test]
@@ -150,7 +136,7 @@ async fn spawned_work_continues_under_ignore_abort_when_the_body_is_inline() {
                 let _ = release.await;
                 let _ = finished.send(());
             });
-            std::future::ready(Ok::<_, Infallible>(Response::new(Stuck)))
+            std::future::ready(Ok::<_, Infallible>(Response::new(stuck())))
         });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     drop(res); // the client left mid-body
@@ -167,23 +153,16 @@ async fn spawned_work_continues_under_ignore_abort_when_the_body_is_inline() {
 
 /// A body that panics inside its first poll and catches the panic itself,
 /// then ends.
-struct CatchesItsOwnPanic(bool);
-
-impl Body for CatchesItsOwnPanic {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if std::mem::replace(&mut self.0, true) {
+fn catches_its_own_panic() -> impl Body<Data = Bytes, Error = Infallible> {
+    let mut polled = false;
+    PollFnBody::new(move || {
+        if std::mem::replace(&mut polled, true) {
             return Poll::Ready(None);
         }
         let caught = std::panic::catch_unwind(|| panic!("caught inside the body"));
         assert!(caught.is_err());
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"ok")))))
-    }
+        Poll::Ready(Some(Frame::data(Bytes::from_static(b"ok"))))
+    })
 }
 
 #[tokio::test]
@@ -208,9 +187,7 @@ async fn a_panic_caught_inside_the_call_or_the_body_is_recorded() {
     let svc = ServiceBuilder::new()
         .layer(lifecycle)
         .service_fn(|_: Request<()>| {
-            std::future::ready(Ok::<_, Infallible>(Response::new(CatchesItsOwnPanic(
-                false,
-            ))))
+            std::future::ready(Ok::<_, Infallible>(Response::new(catches_its_own_panic())))
         });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     res.into_body().collect().await.unwrap();

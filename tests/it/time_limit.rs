@@ -29,12 +29,12 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tower::ServiceBuilder;
-use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
+use tower_lifecycle::{Completion, ConnectionStatus, LifecycleLayer, Phase};
 
-use common::{within, BodySender, Client, Completions, EventReader, InFlight, Opener, Proto, BOTH};
+use common::probe::{DropGuard, Gate, Probe};
+use common::server::{lifecycle_of, send, try_send, Reply};
+use common::{within, BodySender, Client, Proto, BOTH};
 
 /// The time limit of most tests.
 const LIMIT: Duration = Duration::from_millis(200);
@@ -131,36 +131,12 @@ enum Event {
     Hook(Completion),
 }
 
-type Events = mpsc::UnboundedSender<Event>;
-type Gate = oneshot::Receiver<()>;
+type Events = common::probe::Events<Event>;
 type ResBody = BoxBody<Bytes, Infallible>;
-
-/// Reports [`Event::Dropped`] when dropped before it was disarmed.
-struct DropGuard<'a>(Option<&'a Events>);
-
-impl DropGuard<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for DropGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(events) = self.0 {
-            let _ = events.send(Event::Dropped);
-        }
-    }
-}
-
 /// The test's end of one job.
-struct Job {
-    lifecycle: Lifecycle,
-    /// When the handler started, and the deadline it saw then.
-    entered: Instant,
-    deadline: Option<Instant>,
-    gate: Opener,
-    events: EventReader<Event>,
-}
+type Job = common::probe::Job<Event>;
+/// A server whose handlers report a [`Job`].
+type Server = common::server::Server<Job>;
 
 impl Job {
     /// Asserts that the deadline the handler saw when it started was at
@@ -175,52 +151,20 @@ impl Job {
     }
 }
 
-/// The handler side's line to the test.
-#[derive(Clone)]
-struct Probe {
-    jobs: mpsc::UnboundedSender<Job>,
-}
-
-impl Probe {
-    /// Registers the request's hook and reports the job to the test; returns
-    /// the job's event sender and gate.
-    fn report(&self, lifecycle: &Lifecycle) -> (Events, Gate) {
-        let entered = Instant::now();
-        let (events, receiver) = mpsc::unbounded_channel();
-        let hook = events.clone();
-        lifecycle.on_shutdown(move |done| {
-            let _ = hook.send(Event::Hook(done.clone()));
-        });
-        let (key, gate) = oneshot::channel();
-        let _ = self.jobs.send(Job {
-            lifecycle: lifecycle.clone(),
-            entered,
-            deadline: lifecycle.deadline(),
-            gate: Opener(Some(key)),
-            events: EventReader(receiver),
-        });
-        (events, gate)
-    }
-}
-
 fn hello() -> Response<ResBody> {
     Response::new(Full::from(HELLO).boxed())
 }
 
 /// The handler: a job for a [`Route`], [`HELLO`] for anything else.
-async fn handle(probe: Probe, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+async fn handle(probe: Probe<Job>, req: Request<Incoming>) -> Reply {
     let Some(route) = Route::parse(req.uri().path()) else {
         return Ok(hello());
     };
-    let lifecycle = req
-        .extensions()
-        .get::<Lifecycle>()
-        .expect("the layer inserts a Lifecycle")
-        .clone();
-    let (events, gate) = probe.report(&lifecycle);
+    let lifecycle = lifecycle_of(&req);
+    let (events, gate) = probe.job(&lifecycle, Event::Hook);
     let response = match route {
         Route::Pending => {
-            let guard = DropGuard(Some(&events));
+            let guard = DropGuard::new(&events, Event::Dropped);
             let _ = gate.await;
             guard.disarm();
             hello()
@@ -242,7 +186,7 @@ async fn handle(probe: Probe, req: Request<Incoming>) -> Result<Response<ResBody
             Response::new(produce_past(events, original + PAST).boxed())
         }
         Route::Continue => {
-            let guard = DropGuard(Some(&events));
+            let guard = DropGuard::new(&events, Event::Dropped);
             lifecycle.aborted().await;
             let _ = events.send(Event::Continuing);
             let _ = gate.await;
@@ -270,7 +214,7 @@ async fn handle(probe: Probe, req: Request<Incoming>) -> Result<Response<ResBody
 
 /// Continued work: reports it started, then waits on the gate.
 async fn wait_on_gate(events: Events, gate: Gate) {
-    let guard = DropGuard(Some(&events));
+    let guard = DropGuard::new(&events, Event::Dropped);
     let _ = events.send(Event::Started);
     let _ = gate.await;
     guard.disarm();
@@ -282,10 +226,10 @@ async fn wait_on_gate(events: Events, gate: Gate) {
 fn produce_until_gate(events: Events, gate: Gate) -> Channel<Bytes, Infallible> {
     let (mut tx, body) = Channel::new(1);
     tokio::spawn(async move {
-        let mut accepted = send(&mut tx, FIRST).await;
+        let mut accepted = send_chunk(&mut tx, FIRST).await;
         if accepted == 1 {
             let _ = gate.await;
-            accepted += send(&mut tx, SECOND).await;
+            accepted += send_chunk(&mut tx, SECOND).await;
         }
         let _ = events.send(Event::Produced(accepted));
         drop(tx);
@@ -299,10 +243,10 @@ fn produce_until_gate(events: Events, gate: Gate) -> Channel<Bytes, Infallible> 
 fn produce_past(events: Events, until: Instant) -> Channel<Bytes, Infallible> {
     let (mut tx, body) = Channel::new(1);
     tokio::spawn(async move {
-        let mut accepted = send(&mut tx, FIRST).await;
+        let mut accepted = send_chunk(&mut tx, FIRST).await;
         if accepted == 1 {
             tokio::time::sleep_until(until).await;
-            accepted += send(&mut tx, SECOND).await;
+            accepted += send_chunk(&mut tx, SECOND).await;
         }
         let _ = events.send(Event::Produced(accepted));
         drop(tx);
@@ -311,64 +255,20 @@ fn produce_past(events: Events, until: Instant) -> Channel<Bytes, Infallible> {
 }
 
 /// Sends one chunk; 1 if the body accepted it, 0 if it is gone.
-async fn send(tx: &mut BodySender, chunk: &'static str) -> usize {
-    usize::from(
-        tx.send_data(Bytes::from_static(chunk.as_bytes()))
-            .await
-            .is_ok(),
-    )
-}
-
-/// A server under test and the test's ends of its probe and layer.
-struct Server {
-    addr: SocketAddr,
-    jobs: mpsc::UnboundedReceiver<Job>,
-    done: Completions,
+async fn send_chunk(tx: &mut BodySender, chunk: &'static str) -> usize {
+    usize::from(try_send(tx, chunk).await)
 }
 
 impl Server {
-    /// Serves [`handle`] behind the layer, set up by `configure`.
-    async fn start(configure: impl FnOnce(LifecycleLayer) -> LifecycleLayer) -> Server {
-        let (layer, done) = common::layer();
-        let (jobs_tx, jobs) = mpsc::unbounded_channel();
-        let probe = Probe { jobs: jobs_tx };
-        let svc = ServiceBuilder::new()
-            .layer(configure(layer))
-            .service_fn(move |req| handle(probe.clone(), req));
-        Server {
-            addr: common::serve(svc).await,
-            jobs,
-            done,
-        }
-    }
-
-    /// A server whose layer has the time limit `limit`.
+    /// Serves [`handle`] behind a layer with the time limit `limit`.
     async fn limited(limit: Duration) -> Server {
-        Server::start(|layer| layer.time_limit(limit)).await
-    }
-
-    /// The next job to report it is running.
-    async fn job(&mut self) -> Job {
-        within("a job's handler to run", self.jobs.recv())
-            .await
-            .expect("probe dropped")
-    }
-
-    async fn connect(&self, proto: Proto) -> Client {
-        Client::connect(self.addr, proto).await.0
-    }
-
-    /// Sends `req` on `client` and returns the response head.
-    async fn send(&self, client: &mut Client, req: Request<Empty<Bytes>>) -> Response<Incoming> {
-        within("the response head", client.send(req))
-            .await
-            .expect("the request failed")
+        Server::start(|layer| layer.time_limit(limit), handle).await
     }
 
     /// A normal request on `client` is answered, and its completion is the
     /// next and only one.
     async fn expect_normal(&mut self, client: &mut Client) {
-        let res = self.send(client, common::get("/")).await;
+        let res = send(client, common::get("/")).await;
         assert_eq!(common::read_all(res).await, HELLO);
         let done = self.done.next().await;
         assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
@@ -432,20 +332,17 @@ async fn a_handler_past_the_limit_is_cancelled_and_answered_with_the_timeout_sta
         ),
     ];
     for (configured, expected) in cases {
-        let mut server = Server::start(|layer| {
+        let configure = |layer: LifecycleLayer| {
             let layer = layer.time_limit(LIMIT);
             match configured {
                 Some(status) => layer.timeout_status(status),
                 None => layer,
             }
-        })
-        .await;
+        };
+        let mut server = Server::start(configure, handle).await;
         for proto in BOTH {
-            let mut client = server.connect(proto).await;
-            let res = server
-                .send(&mut client, common::get(Route::Pending.path()))
-                .await;
-            let mut job = server.job().await;
+            let (mut client, _conn, res) = server.request(proto, Route::Pending.path()).await;
+            let mut job = server.report().await;
             assert_eq!(res.status(), expected, "{proto:?}");
             assert_eq!(res.headers()[CONTENT_LENGTH], "0", "{proto:?}");
             assert!(res.body().is_end_stream(), "{proto:?}");
@@ -484,10 +381,8 @@ fn grpc_millis(d: Duration) -> String {
 /// them. Returns the job, its events checked.
 async fn expect_deadline_exceeded(server: &mut Server, timeout: Option<&str>) -> Job {
     let mut client = server.connect(Proto::Http2).await;
-    let res = server
-        .send(&mut client, grpc(Route::Pending, timeout))
-        .await;
-    let mut job = server.job().await;
+    let res = send(&mut client, grpc(Route::Pending, timeout)).await;
+    let mut job = server.report().await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "4", "{:?}", res.headers());
     assert!(res.headers().contains_key("grpc-message"));
@@ -526,7 +421,7 @@ async fn grpc_past_the_layer_limit_gets_deadline_exceeded() {
 /// 2b. gRPC, no layer limit: `grpc-timeout` sets one.
 #[tokio::test]
 async fn grpc_timeout_sets_a_limit_without_a_layer_limit() {
-    let mut server = Server::start(|layer| layer).await;
+    let mut server = Server::start(|layer| layer, handle).await;
     let job = expect_deadline_exceeded(&mut server, Some(&grpc_millis(LIMIT))).await;
     job.assert_deadline_within(LIMIT);
 }
@@ -548,13 +443,11 @@ async fn grpc_timeout_caps_the_layer_limit() {
 ///     that works as long as [`LIMIT`] answers normally.
 #[tokio::test]
 async fn a_malformed_grpc_timeout_is_ignored() {
-    let mut server = Server::start(|layer| layer).await;
+    let mut server = Server::start(|layer| layer, handle).await;
     let mut client = server.connect(Proto::Http2).await;
     for timeout in ["abc", "200", "1.5S", "-1S", "123456789m", "20x"] {
-        let res = server
-            .send(&mut client, grpc(Route::Slow, Some(timeout)))
-            .await;
-        let mut job = server.job().await;
+        let res = send(&mut client, grpc(Route::Slow, Some(timeout))).await;
+        let mut job = server.report().await;
         assert_eq!(job.deadline, None, "{timeout}");
         assert_eq!(res.status(), StatusCode::OK, "{timeout}");
         assert!(!res.headers().contains_key("grpc-status"), "{timeout}");
@@ -579,7 +472,7 @@ async fn a_malformed_grpc_timeout_is_ignored() {
 async fn grpc_deadline_exceeded_is_one_headers_frame_with_end_stream() {
     let mut server = Server::limited(LIMIT).await;
     let frames = within("the raw exchange", raw_h2::pending_grpc(server.addr)).await;
-    let mut job = server.job().await;
+    let mut job = server.report().await;
     let kinds: Vec<_> = frames.iter().map(|f| (f.kind, f.flags)).collect();
     assert_eq!(
         kinds,
@@ -600,12 +493,9 @@ async fn grpc_deadline_exceeded_is_one_headers_frame_with_end_stream() {
 async fn the_limit_reached_mid_body_cuts_the_body_with_an_error() {
     let mut server = Server::limited(LIMIT).await;
     for proto in BOTH {
-        let (mut client, conn) = Client::connect(server.addr, proto).await;
-        let res = server
-            .send(&mut client, common::get(Route::Stream.path()))
-            .await;
+        let (mut client, conn, res) = server.request(proto, Route::Stream.path()).await;
         assert_eq!(res.status(), StatusCode::OK, "{proto:?}");
-        let mut job = server.job().await;
+        let mut job = server.report().await;
         let mut body = res.into_body();
         common::read_exactly(&mut body, FIRST).await;
         let (more, end) = read_rest(&mut body).await;
@@ -643,13 +533,10 @@ async fn the_limit_reached_mid_body_cuts_the_body_with_an_error() {
 async fn set_time_limit_restarts_the_clock() {
     let mut server = Server::limited(RESTART_LIMIT).await;
     for proto in BOTH {
-        let mut client = server.connect(proto).await;
-        let res = server
-            .send(&mut client, common::get(Route::Restart.path()))
-            .await;
+        let (_client, _conn, res) = server.request(proto, Route::Restart.path()).await;
         assert_eq!(res.status(), StatusCode::OK, "{proto:?}");
         assert_eq!(common::read_all(res).await, HELLO, "{proto:?}");
-        let mut job = server.job().await;
+        let mut job = server.report().await;
         job.assert_deadline_within(RESTART_LIMIT);
 
         let done = server.done.next().await;
@@ -678,12 +565,9 @@ async fn set_time_limit_restarts_the_clock() {
 async fn set_time_limit_none_lets_a_stream_outlive_the_layer_limit() {
     let mut server = Server::limited(LIMIT).await;
     for proto in BOTH {
-        let mut client = server.connect(proto).await;
-        let res = server
-            .send(&mut client, common::get(Route::Unlimited.path()))
-            .await;
+        let (_client, _conn, res) = server.request(proto, Route::Unlimited.path()).await;
         assert_eq!(res.status(), StatusCode::OK, "{proto:?}");
-        let mut job = server.job().await;
+        let mut job = server.report().await;
         job.assert_deadline_within(LIMIT);
         let (got, end) = read_rest(&mut res.into_body()).await;
         end.unwrap_or_else(|err| panic!("{proto:?}: the body failed: {err:?}"));
@@ -712,11 +596,14 @@ async fn set_time_limit_none_lets_a_stream_outlive_the_layer_limit() {
 ///    run once with ABORTED and TIMEOUT, in the continued phase.
 #[tokio::test]
 async fn a_continued_handler_past_the_limit_is_cancelled_aborted_and_timed_out() {
-    let mut server =
-        Server::start(|layer| layer.ignore_abort(true).time_limit(RESTART_LIMIT)).await;
+    let mut server = Server::start(
+        |layer| layer.ignore_abort(true).time_limit(RESTART_LIMIT),
+        handle,
+    )
+    .await;
     for proto in BOTH {
-        let visit = InFlight::start(server.addr, proto, Route::Continue.path()).await;
-        let mut job = server.job().await;
+        let visit = server.visit(proto, Route::Continue.path()).await;
+        let mut job = server.report().await;
         visit.leave();
         assert_eq!(job.events.next().await, Event::Continuing, "{proto:?}");
         assert!(job.lifecycle.is_aborted());
@@ -748,11 +635,10 @@ async fn continued_work_past_the_limit_is_cancelled() {
     let mut server = Server::limited(LIMIT).await;
     for route in [Route::AfterResponse, Route::Spawn] {
         for proto in BOTH {
-            let mut client = server.connect(proto).await;
-            let res = server.send(&mut client, common::get(route.path())).await;
+            let (mut client, _conn, res) = server.request(proto, route.path()).await;
             assert_eq!(res.status(), StatusCode::OK, "{route:?} {proto:?}");
             assert_eq!(common::read_all(res).await, HELLO, "{route:?} {proto:?}");
-            let mut job = server.job().await;
+            let mut job = server.report().await;
             assert_eq!(
                 job.events.next().await,
                 Event::Started,

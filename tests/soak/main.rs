@@ -136,26 +136,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts the tasks and futures the test starts on the server side
-/// (handlers, whether they run inline or were moved into a task by the
-/// layer, and body producers): one more while a [`Running`] lives.
+/// Counts what is inside now: one more while an [`Entry`] lives. Used for
+/// the tasks and futures the test starts on the server side (handlers,
+/// whether they run inline or were moved into a task by the layer, and body
+/// producers), and for the handlers in their continued part. Keeps the most
+/// there ever were at once.
 #[derive(Default)]
-struct Live {
-    count: AtomicUsize,
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
     idle: Notify,
 }
 
-/// One entry of [`Live`], given back when dropped.
-struct Running(Arc<Live>);
+/// One entry of a [`Gauge`], given back when dropped.
+struct Entry(Arc<Gauge>);
 
-impl Live {
-    fn enter(self: &Arc<Self>) -> Running {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        Running(self.clone())
+impl Gauge {
+    fn enter(self: &Arc<Self>) -> Entry {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        Entry(self.clone())
     }
 
     fn now(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
     }
 
     /// Resolves once nothing is counted.
@@ -171,45 +179,59 @@ impl Live {
     }
 }
 
-impl Drop for Running {
+impl Drop for Entry {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.0.now.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
-/// How many handlers are in their continued part now, and the most there
-/// ever were at once.
-#[derive(Default)]
-struct Gauge {
-    now: AtomicUsize,
-    max: AtomicUsize,
+/// A request the recorder knows, as its handler gets it.
+struct Begun {
+    id: usize,
+    lifecycle: Lifecycle,
+    wiring: Wiring,
+    /// The request's entry in the live gauge.
+    running: Entry,
 }
 
-/// One handler inside the [`Gauge`].
-struct Inside(Arc<Gauge>);
-
-impl Gauge {
-    fn enter(self: &Arc<Self>) -> Inside {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(now, Ordering::SeqCst);
-        Inside(self.clone())
-    }
-
-    fn now(&self) -> usize {
-        self.now.load(Ordering::SeqCst)
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
+/// The server side of a soak test.
+trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, begun: Begun) -> impl Future<Output = Response<Body>> + Send;
 }
 
-impl Drop for Inside {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::SeqCst);
-    }
+/// Serves `handler` behind `layer` on 127.0.0.1:0. Each request is counted
+/// in `live` from before its handler's future exists; a request without a
+/// known `x-id` gets 400 (the recorder notes it).
+async fn serve<H: Handler>(
+    layer: LifecycleLayer,
+    recorder: Arc<Recorder>,
+    live: Arc<Gauge>,
+    handler: Arc<H>,
+) -> std::net::SocketAddr {
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: Request<Incoming>| {
+            let begun = recorder.begin(&req);
+            let running = live.enter();
+            let handler = handler.clone();
+            async move {
+                let Some((id, lifecycle, wiring)) = begun else {
+                    let mut res = Response::new(full("no id".into()));
+                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok::<_, Infallible>(res);
+                };
+                let begun = Begun {
+                    id,
+                    lifecycle,
+                    wiring,
+                    running,
+                };
+                Ok(handler.handle(begun).await)
+            }
+        });
+    common::serve(svc).await
 }
 
 /// Awaits `fut` for at most `limit`, failing the test with `what` after.

@@ -143,21 +143,17 @@ impl Plan {
 struct Soak {
     seed: u64,
     recorder: Arc<Recorder>,
-    live: Arc<Live>,
+    live: Arc<Gauge>,
 }
 
-impl Soak {
-    async fn handle(
-        self: Arc<Self>,
-        begun: Option<(usize, Lifecycle, Wiring)>,
-        running: Running,
-    ) -> Result<Response<Body>, Infallible> {
-        let _running = running;
-        let Some((id, lifecycle, wiring)) = begun else {
-            let mut res = Response::new(full("no id".into()));
-            *res.status_mut() = StatusCode::BAD_REQUEST;
-            return Ok(res);
-        };
+impl Handler for Soak {
+    async fn handle(self: Arc<Self>, begun: Begun) -> Response<Body> {
+        let Begun {
+            id,
+            lifecycle,
+            wiring,
+            running: _running,
+        } = begun;
         let plan = Plan::draw(self.seed, id);
         if plan.ignore_abort {
             lifecycle.ignore_abort(true);
@@ -178,7 +174,7 @@ impl Soak {
                         .stray(format!("request {id} ({plan:?}) was not wired"));
                     let mut res = Response::new(full("not wired".into()));
                     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    return Ok(res);
+                    return res;
                 };
                 let _ = started.send(lifecycle.clone());
                 match plan.work {
@@ -194,9 +190,11 @@ impl Soak {
                 }
             }
         };
-        Ok(Response::new(body))
+        Response::new(body)
     }
+}
 
+impl Soak {
     /// A body fed by a task: the `first` frames, each after `pause`, then,
     /// once `gate` is open (if any), `after` more; it stops at the first
     /// send that fails, and ends the body when done.
@@ -627,7 +625,7 @@ async fn randomized_soak() {
 
     let (recorder, events) = Recorder::new(REQUESTS);
     drop(events);
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Gauge::default());
     let layer = recorder.layer().max_detached(CLIENTS);
     let drain = layer.drain();
     let soak = Arc::new(Soak {
@@ -635,14 +633,7 @@ async fn randomized_soak() {
         recorder: recorder.clone(),
         live: live.clone(),
     });
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<Incoming>| {
-            let begun = soak.recorder.begin(&req);
-            let running = soak.live.enter();
-            soak.clone().handle(begun, running)
-        });
-    let addr = common::serve(svc).await;
+    let addr = serve(layer, recorder.clone(), live.clone(), soak).await;
 
     let clients = Arc::new(Clients {
         seed,

@@ -19,8 +19,7 @@ const HELLO: &str = "hello";
 
 /// The server side of the storm.
 struct Storm {
-    recorder: Arc<Recorder>,
-    live: Arc<Live>,
+    /// The handlers in their continued part.
     gauge: Arc<Gauge>,
     /// The test holds it closed until the end.
     gate: Arc<Semaphore>,
@@ -28,31 +27,25 @@ struct Storm {
     continuing: mpsc::UnboundedSender<usize>,
 }
 
-impl Storm {
-    async fn handle(
-        self: Arc<Self>,
-        begun: Option<(usize, Lifecycle, Wiring)>,
-        running: Running,
-    ) -> Result<Response<Body>, Infallible> {
-        let _running = running;
-        let Some((id, lifecycle, wiring)) = begun else {
-            let mut res = Response::new(full("no id".into()));
-            *res.status_mut() = StatusCode::BAD_REQUEST;
-            return Ok(res);
-        };
-        if id < JOBS {
+impl Handler for Storm {
+    /// Jobs turn ignore-abort on, report that they started, and once their
+    /// client left wait in the gauge for the gate; normal requests answer.
+    /// `begun` (with its entry in the live gauge) lives to the end.
+    async fn handle(self: Arc<Self>, mut begun: Begun) -> Response<Body> {
+        if begun.id < JOBS {
+            let lifecycle = begun.lifecycle.clone();
             lifecycle.ignore_abort(true);
-            if let Some(started) = wiring.started {
+            if let Some(started) = begun.wiring.started.take() {
                 let _ = started.send(lifecycle.clone());
             }
             lifecycle.aborted().await;
             // Still polled after the abort: this request continues. A
             // refused one was dropped at the abort.
             let _inside = self.gauge.enter();
-            let _ = self.continuing.send(id);
+            let _ = self.continuing.send(begun.id);
             drop(self.gate.acquire().await);
         }
-        Ok(Response::new(full(HELLO.into())))
+        Response::new(full(HELLO.into()))
     }
 }
 
@@ -113,27 +106,18 @@ fn assert_normal(id: usize, done: &Completion) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_storm_is_bounded() {
     let (recorder, mut events) = Recorder::new(FIRST_NORMAL + NORMALS);
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Gauge::default());
     let gauge = Arc::new(Gauge::default());
     let gate = Arc::new(Semaphore::new(0));
     let (continuing_tx, mut continuing_rx) = mpsc::unbounded_channel();
     let layer = recorder.layer().max_detached(MAX_DETACHED);
     let drain = layer.drain();
     let storm = Arc::new(Storm {
-        recorder: recorder.clone(),
-        live: live.clone(),
         gauge: gauge.clone(),
         gate: gate.clone(),
         continuing: continuing_tx,
     });
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<Incoming>| {
-            let begun = storm.recorder.begin(&req);
-            let running = storm.live.enter();
-            storm.clone().handle(begun, running)
-        });
-    let addr = common::serve(svc).await;
+    let addr = serve(layer, recorder.clone(), live.clone(), storm).await;
 
     // Normal requests keep going through the whole storm.
     let next_normal = Arc::new(AtomicUsize::new(FIRST_NORMAL));

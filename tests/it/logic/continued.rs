@@ -1,25 +1,25 @@
 //! Ignore-abort, continued work (spawn, after_response), the max_detached bound and the drain.
 
 use super::*;
+use crate::common::logic::leave_after_first_frame;
 use crate::common::{logs, COUNTED_WARNINGS};
 
 #[tokio::test]
 async fn ignore_abort_returns_the_previous_value_and_starts_from_the_layer() {
     for default in [false, true] {
         let (tx, rx) = std::sync::mpsc::channel();
-        let svc = ServiceBuilder::new()
-            .layer(LifecycleLayer::new().ignore_abort(default))
-            .service_fn(move |req: Request<()>| {
-                let lifecycle = lifecycle_of(&req);
-                let seq = [
-                    lifecycle.ignore_abort(true),
-                    lifecycle.ignore_abort(true),
-                    lifecycle.ignore_abort(false),
-                    lifecycle.ignore_abort(false),
-                ];
-                tx.send(seq).unwrap();
-                std::future::ready(Ok::<_, Infallible>(full("x")))
-            });
+        let layer = LifecycleLayer::new().ignore_abort(default);
+        let svc = layered(layer, move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            let seq = [
+                lifecycle.ignore_abort(true),
+                lifecycle.ignore_abort(true),
+                lifecycle.ignore_abort(false),
+                lifecycle.ignore_abort(false),
+            ];
+            tx.send(seq).unwrap();
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        });
         drop(svc.oneshot(Request::new(())).await.unwrap());
         assert_eq!(rx.recv().unwrap(), [default, true, true, false]);
     }
@@ -29,18 +29,14 @@ async fn ignore_abort_returns_the_previous_value_and_starts_from_the_layer() {
 async fn with_ignore_abort_the_handler_runs_to_its_end_and_hooks_run_after() {
     let seen = Seen::default();
     let gate = Gate::new();
-    let finished = Arc::new(AtomicUsize::new(0));
-    let (g, f) = (gate.clone(), finished.clone());
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true))
-        .service_fn(move |_req: Request<()>| {
-            let (gate, finished) = (g.clone(), f.clone());
-            async move {
-                gate.wait().await;
-                finished.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Infallible>(full("discarded"))
-            }
-        });
+    let g = gate.clone();
+    let mut svc = layered(seen.layer().ignore_abort(true), move |_req: Request<()>| {
+        let gate = g.clone();
+        async move {
+            gate.wait().await; // counts the handler past its last await
+            Ok::<_, Infallible>(full("discarded"))
+        }
+    });
     let mut fut = Box::pin(svc.ready().await.unwrap().call(Request::new(())));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
@@ -51,7 +47,7 @@ async fn with_ignore_abort_the_handler_runs_to_its_end_and_hooks_run_after() {
     );
     gate.open();
     let c = seen.wait_one().await;
-    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.passed(), 1, "the handler finished");
     assert_eq!(c.status(), ConnectionStatus::ABORTED);
     assert_eq!(c.phase(), Phase::Continued);
     assert!(c.continued() && !c.detach_refused());
@@ -74,33 +70,16 @@ async fn ignore_abort_turned_off_again_cancels() {
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
     let c = seen.only();
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::ABORTED, Phase::Handler)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::ABORTED, Phase::Handler));
     assert!(!c.continued() && !c.detach_refused());
 }
 
 #[tokio::test]
 async fn with_ignore_abort_a_dropped_body_is_drained_so_its_producer_finishes() {
     let seen = Seen::default();
-    let (body_tx, mut body_rx) = tokio::sync::mpsc::unbounded_channel();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true))
-        .service_fn(move |_req: Request<()>| {
-            let (tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
-            body_tx.send(tx).unwrap();
-            std::future::ready(Ok::<_, Infallible>(Response::new(body)))
-        });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    let mut tx = body_rx.recv().await.unwrap();
-    let mut body = res.into_body();
-    tx.send_data(Bytes::from_static(b"first")).await.unwrap();
-    assert_eq!(
-        body.frame().await.unwrap().unwrap().into_data().unwrap(),
-        "first"
-    );
-    drop(body); // the client left mid-body
+    // The client leaves mid-body.
+    let (mut tx, first) = leave_after_first_frame(seen.layer().ignore_abort(true), "first").await;
+    assert_eq!(first, "first");
     for i in 0..10 {
         let sent = tokio::time::timeout(WAIT, tx.send_data(Bytes::from(format!("frame {i}"))));
         sent.await
@@ -124,16 +103,15 @@ async fn over_max_detached_an_abort_cancels_and_says_so() {
     let gate = Gate::new();
     let running = Arc::new(AtomicUsize::new(0));
     let (g, r) = (gate.clone(), running.clone());
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true).max_detached(2))
-        .service_fn(move |_req: Request<()>| {
-            let (gate, running) = (g.clone(), r.clone());
-            async move {
-                running.fetch_add(1, Ordering::SeqCst);
-                gate.wait().await;
-                Ok::<_, Infallible>(full("x"))
-            }
-        });
+    let layer = seen.layer().ignore_abort(true).max_detached(2);
+    let mut svc = layered(layer, move |_req: Request<()>| {
+        let (gate, running) = (g.clone(), r.clone());
+        async move {
+            running.fetch_add(1, Ordering::SeqCst);
+            gate.wait().await;
+            Ok::<_, Infallible>(full("x"))
+        }
+    });
     for _ in 0..5 {
         let mut fut = Box::pin(svc.ready().await.unwrap().call(Request::new(())));
         assert!(futures_poll(&mut fut).is_pending());
@@ -162,12 +140,10 @@ async fn over_max_detached_an_abort_cancels_and_says_so() {
 #[test]
 fn without_a_runtime_an_abort_cancels_and_says_so() {
     let seen = Seen::default();
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true))
-        .service_fn(|_req: Request<()>| async {
-            std::future::pending::<()>().await;
-            Ok::<_, Infallible>(full("never"))
-        });
+    let mut svc = layered(seen.layer().ignore_abort(true), |_req: Request<()>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(full("never"))
+    });
     let mut fut = Box::pin(svc.call(Request::new(())));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
@@ -203,8 +179,7 @@ async fn spawned_work_is_cancelled_by_an_abort_and_awaited_otherwise() {
         }
     });
     // aborted: the work is cancelled, then the hooks run
-    let req = Request::get("/pending").body(()).unwrap();
-    let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+    let mut fut = Box::pin(svc.ready().await.unwrap().call(get("/pending")));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
     let c = seen.wait_one().await;
@@ -217,14 +192,7 @@ async fn spawned_work_is_cancelled_by_an_abort_and_awaited_otherwise() {
     );
 
     // normal: the hooks wait for the work
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::new(()))
-        .await
-        .unwrap();
-    res.into_body().collect().await.unwrap();
+    run_to_end(svc, Request::new(())).await;
     tokio::task::yield_now().await;
     assert_eq!(
         seen.all().len(),
@@ -234,34 +202,26 @@ async fn spawned_work_is_cancelled_by_an_abort_and_awaited_otherwise() {
     gate.open();
     seen.wait_for(2).await;
     let c = seen.all()[1].clone();
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::NORMAL, Phase::Continued)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::NORMAL, Phase::Continued));
 }
 
 #[tokio::test]
 async fn after_response_starts_when_the_body_is_done_and_the_hooks_wait_for_it() {
     let log = Log::default();
     let l = log.clone();
-    let svc = ServiceBuilder::new()
-        .layer(
-            LifecycleLayer::new()
-                .on_complete(move |c| l.push(format!("hooks:{}:{}", c.status(), c.phase()))),
-        )
-        .service_fn({
-            let log = log.clone();
-            move |req: Request<()>| {
-                let lifecycle = lifecycle_of(&req);
-                let log = log.clone();
-                lifecycle.after_response(async move {
-                    log.push("work started");
-                    tokio::task::yield_now().await;
-                    log.push("work done");
-                });
-                std::future::ready(Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"]))))
-            }
+    let layer = LifecycleLayer::new()
+        .on_complete(move |c| l.push(format!("hooks:{}:{}", c.status(), c.phase())));
+    let work_log = log.clone();
+    let svc = layered(layer, move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let log = work_log.clone();
+        lifecycle.after_response(async move {
+            log.push("work started");
+            tokio::task::yield_now().await;
+            log.push("work done");
         });
+        std::future::ready(Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"]))))
+    });
     let res = svc.oneshot(Request::new(())).await.unwrap();
     let mut body = res.into_body();
     assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
@@ -288,26 +248,19 @@ async fn drain_counts_waits_and_cancels_stragglers_with_timeout() {
     let drain = layer.drain();
     let gate = Gate::new();
     let g = gate.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let gate = g.clone();
-            if req.uri() == "/straggler" {
-                lifecycle.after_response(std::future::pending());
-            } else {
-                lifecycle.after_response(async move { gate.wait().await });
-            }
-            std::future::ready(Ok::<_, Infallible>(full("x")))
-        });
+    let svc = layered(layer, move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let gate = g.clone();
+        if req.uri() == "/straggler" {
+            lifecycle.after_response(std::future::pending());
+        } else {
+            lifecycle.after_response(async move { gate.wait().await });
+        }
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
     assert_eq!(drain.in_flight(), 0);
     for uri in ["/gated", "/straggler"] {
-        let res = svc
-            .clone()
-            .oneshot(Request::get(uri).body(()).unwrap())
-            .await
-            .unwrap();
-        res.into_body().collect().await.unwrap();
+        run_to_end(svc.clone(), get(uri)).await;
     }
     assert_eq!(drain.in_flight(), 2);
     let mut shutdown = Box::pin(drain.shutdown(Duration::from_millis(300)));
@@ -350,16 +303,6 @@ async fn the_handler_and_body_are_dropped_before_the_hooks_run() {
             self.0.push(self.1);
         }
     }
-    impl Body for LogOnDrop {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Pending
-        }
-    }
     for detachable in [true, false] {
         let log = Log::default();
         let l = log.clone();
@@ -367,21 +310,24 @@ async fn the_handler_and_body_are_dropped_before_the_hooks_run() {
             .max_detached(if detachable { 1 } else { 0 })
             .on_complete(move |c| l.push(format!("hooks:{}", c.phase())));
         let l = log.clone();
-        let mut svc = ServiceBuilder::new()
-            .layer(layer)
-            .service_fn(move |req: Request<()>| {
-                let log = l.clone();
-                async move {
-                    let guard = LogOnDrop(log.clone(), "handler dropped");
-                    if req.uri() == "/pending" {
-                        std::future::pending::<()>().await;
-                    }
-                    drop(guard);
-                    Ok::<_, Infallible>(Response::new(LogOnDrop(log, "body dropped")))
+        let mut svc = layered(layer, move |req: Request<()>| {
+            let log = l.clone();
+            async move {
+                let guard = LogOnDrop(log.clone(), "handler dropped");
+                if req.uri() == "/pending" {
+                    std::future::pending::<()>().await;
                 }
-            });
-        let req = Request::get("/pending").body(()).unwrap();
-        let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+                drop(guard);
+                // A body that never yields, and says so when dropped.
+                let guard = LogOnDrop(log, "body dropped");
+                let body = PollFnBody::new(move || {
+                    let _held = &guard;
+                    Poll::Pending
+                });
+                Ok::<_, Infallible>(Response::new(body))
+            }
+        });
+        let mut fut = Box::pin(svc.ready().await.unwrap().call(get("/pending")));
         assert!(futures_poll(&mut fut).is_pending());
         drop(fut);
         let res = svc
@@ -413,28 +359,21 @@ async fn a_panic_in_continued_work_is_recorded() {
         lifecycle_of(&req).after_response(async { panic!("work boom") });
         std::future::ready(Ok::<_, Infallible>(full("x")))
     });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    run_to_end(svc, Request::new(())).await;
     let c = seen.wait_one().await;
     assert!(c.panicked());
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::NORMAL, Phase::Continued)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::NORMAL, Phase::Continued));
 }
 
 #[tokio::test]
 async fn shutdown_is_bounded_even_when_a_hook_never_ends() {
     let layer = LifecycleLayer::new();
     let drain = layer.drain();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(|req: Request<()>| {
-            lifecycle_of(&req).on_shutdown_async(|_| std::future::pending());
-            std::future::ready(Ok::<_, Infallible>(full("x")))
-        });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    let svc = layered(layer, |req: Request<()>| {
+        lifecycle_of(&req).on_shutdown_async(|_| std::future::pending());
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    run_to_end(svc, Request::new(())).await;
     assert_eq!(drain.in_flight(), 1);
     let report = tokio::time::timeout(WAIT, drain.shutdown(Duration::from_millis(50)))
         .await
@@ -448,16 +387,13 @@ async fn shutdown_is_bounded_even_when_a_hook_never_ends() {
 #[tokio::test]
 async fn an_exact_size_body_is_not_drained_it_has_no_producer() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true))
-        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(full("hello")) });
+    let svc = layered(seen.layer().ignore_abort(true), |_req: Request<()>| async {
+        Ok::<_, Infallible>(full("hello"))
+    });
     let body = svc.oneshot(Request::new(())).await.unwrap().into_body();
     drop(body); // never polled: the client left before the body was written
     let c = seen.only();
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::ABORTED, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::ABORTED, Phase::Body));
     assert!(!c.continued(), "nothing to continue");
 }
 
@@ -466,12 +402,11 @@ async fn max_detached_zero_turns_continuing_off_without_a_refusal() {
     // With nothing that could continue, ignore-abort is not "refused": the
     // abort simply cancels, as documented for `max_detached(0)`.
     let seen = Seen::default();
-    let mut svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true).max_detached(0))
-        .service_fn(|_req: Request<()>| async {
-            std::future::pending::<()>().await;
-            Ok::<_, Infallible>(full("never"))
-        });
+    let layer = seen.layer().ignore_abort(true).max_detached(0);
+    let mut svc = layered(layer, |_req: Request<()>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(full("never"))
+    });
     let mut fut = Box::pin(svc.call(Request::new(())));
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
@@ -484,11 +419,10 @@ async fn max_detached_zero_turns_continuing_off_without_a_refusal() {
 #[tokio::test]
 async fn max_detached_zero_keeps_an_open_body_inline_and_refuses_nothing() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().ignore_abort(true).max_detached(0))
-        .service_fn(|_req: Request<()>| {
-            std::future::ready(Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"]))))
-        });
+    let layer = seen.layer().ignore_abort(true).max_detached(0);
+    let svc = layered(layer, |_req: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b"]))))
+    });
     let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
     assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
     drop(body); // mid-body, with nothing the layer could continue

@@ -1,7 +1,40 @@
 //! Hooks: order, nesting, async hooks, late registration, exactly once on every path, a blocking hook.
 
 use super::*;
-use crate::common::logs;
+use crate::common::{logs, within};
+
+/// A future that sends `value` on, and the receiver it sends it to.
+fn sends<T: Send + 'static>(
+    value: T,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    tokio::sync::oneshot::Receiver<T>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let send = async move {
+        let _ = tx.send(value);
+    };
+    (send, rx)
+}
+
+/// Runs one request to its end through `layer`; its handler hands its
+/// lifecycle and `log` to `register`, then answers "x".
+async fn one_request_registering<R>(layer: LifecycleLayer, log: &Log, register: R)
+where
+    R: Fn(&Lifecycle, &Log) + Send + Sync + 'static,
+{
+    let register = Arc::new(register);
+    let log = log.clone();
+    let svc = layered(layer, move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let (log, register) = (log.clone(), register.clone());
+        async move {
+            register(&lifecycle, &log);
+            Ok::<_, Infallible>(full("x"))
+        }
+    });
+    run_to_end(svc, Request::new(())).await;
+}
 
 #[tokio::test]
 async fn hooks_run_in_order_then_nested_then_on_complete_once() {
@@ -9,27 +42,18 @@ async fn hooks_run_in_order_then_nested_then_on_complete_once() {
     let layer_log = log.clone();
     let layer =
         LifecycleLayer::new().on_complete(move |c| layer_log.push(format!("layer:{}", c.status())));
-    let hook_log = log.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let log = hook_log.clone();
-            async move {
-                let inner = lifecycle.clone();
-                let l = log.clone();
-                lifecycle.on_shutdown(move |_| {
-                    l.push("first");
-                    let l2 = l.clone();
-                    inner.on_shutdown(move |_| l2.push("nested"));
-                });
-                let l = log.clone();
-                lifecycle.on_shutdown(move |c| l.push(format!("second:{}", c.status())));
-                Ok::<_, Infallible>(full("x"))
-            }
+    one_request_registering(layer, &log, |lifecycle, log| {
+        let inner = lifecycle.clone();
+        let l = log.clone();
+        lifecycle.on_shutdown(move |_| {
+            l.push("first");
+            let l2 = l.clone();
+            inner.on_shutdown(move |_| l2.push("nested"));
         });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+        let l = log.clone();
+        lifecycle.on_shutdown(move |c| l.push(format!("second:{}", c.status())));
+    })
+    .await;
     assert_eq!(
         log.get(),
         ["first", "second:normal", "nested", "layer:normal"]
@@ -42,21 +66,12 @@ async fn a_panicking_hook_is_logged_and_the_others_still_run() {
     let log = Log::default();
     let l = log.clone();
     let layer = LifecycleLayer::new().on_complete(move |_| l.push("layer"));
-    let hook_log = log.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let log = hook_log.clone();
-            async move {
-                lifecycle.on_shutdown(|_| panic!("hook boom"));
-                let l = log.clone();
-                lifecycle.on_shutdown(move |_| l.push("after panic"));
-                Ok::<_, Infallible>(full("x"))
-            }
-        });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    one_request_registering(layer, &log, |lifecycle, log| {
+        lifecycle.on_shutdown(|_| panic!("hook boom"));
+        let l = log.clone();
+        lifecycle.on_shutdown(move |_| l.push("after panic"));
+    })
+    .await;
     assert_eq!(log.get(), ["after panic", "layer"]);
     let logs = logs();
     let line = logs
@@ -76,28 +91,19 @@ async fn async_hooks_are_awaited_in_order() {
         l.push("layer");
         let _ = done_tx.lock().unwrap().take().unwrap().send(());
     });
-    let hook_log = log.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let log = hook_log.clone();
-            async move {
-                let l = log.clone();
-                lifecycle.on_shutdown(move |_| l.push("sync 1"));
-                let l = log.clone();
-                lifecycle.on_shutdown_async(move |c| async move {
-                    tokio::task::yield_now().await;
-                    l.push(format!("async:{}", c.status()));
-                });
-                lifecycle.on_shutdown_async(|_| async { panic!("async hook boom") });
-                let l = log.clone();
-                lifecycle.on_shutdown(move |_| l.push("sync 2"));
-                Ok::<_, Infallible>(full("x"))
-            }
+    one_request_registering(layer, &log, |lifecycle, log| {
+        let l = log.clone();
+        lifecycle.on_shutdown(move |_| l.push("sync 1"));
+        let l = log.clone();
+        lifecycle.on_shutdown_async(move |c| async move {
+            tokio::task::yield_now().await;
+            l.push(format!("async:{}", c.status()));
         });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+        lifecycle.on_shutdown_async(|_| async { panic!("async hook boom") });
+        let l = log.clone();
+        lifecycle.on_shutdown(move |_| l.push("sync 2"));
+    })
+    .await;
     tokio::time::timeout(WAIT, done_rx).await.unwrap().unwrap();
     assert_eq!(log.get(), ["sync 1", "async:normal", "sync 2", "layer"]);
 }
@@ -106,13 +112,10 @@ async fn async_hooks_are_awaited_in_order() {
 async fn a_hook_registered_after_the_end_runs_at_once_with_the_final_completion() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
-    let svc = ServiceBuilder::new()
-        .layer(LifecycleLayer::new())
-        .service_fn(move |req: Request<()>| {
-            let _ = tx.lock().unwrap().take().unwrap().send(lifecycle_of(&req));
-            async { Ok::<_, Infallible>(full("x")) }
-        });
-    let mut svc = svc;
+    let mut svc = layered(LifecycleLayer::new(), move |req: Request<()>| {
+        let _ = tx.lock().unwrap().take().unwrap().send(lifecycle_of(&req));
+        async { Ok::<_, Infallible>(full("x")) }
+    });
     let fut = svc.ready().await.unwrap().call(Request::new(()));
     drop(fut); // never polled: aborted before the head
     let lifecycle = rx.await.unwrap();
@@ -145,7 +148,6 @@ async fn every_path_runs_each_hook_exactly_once() {
             Ok::<_, Infallible>(Response::new(body))
         }
     });
-    let get = |path: &str| Request::get(path).body(()).unwrap();
     // Asserts that the hook and `on_complete` each ran exactly `n` times,
     // and returns the completion both saw last.
     let ran = |n: usize, path: &str| {
@@ -162,26 +164,16 @@ async fn every_path_runs_each_hook_exactly_once() {
     };
 
     // normal: read to the end
-    let res = svc.clone().oneshot(get("/")).await.unwrap();
-    assert_eq!(
-        res.into_body().collect().await.unwrap().to_bytes(),
-        "abcdef"
-    );
+    assert_eq!(run_to_end(svc.clone(), get("/")).await, "abcdef");
     let c = ran(1, "normal");
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::NORMAL, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::NORMAL, Phase::Body));
     assert_eq!(c.bytes_sent(), 6);
     assert!(!c.body_error());
 
     // dropped after the head, before any frame
     drop(svc.clone().oneshot(get("/")).await.unwrap());
     let c = ran(2, "dropped after the head");
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::ABORTED, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::ABORTED, Phase::Body));
     assert_eq!(c.bytes_sent(), 0);
     assert!(!c.body_error());
 
@@ -191,10 +183,7 @@ async fn every_path_runs_each_hook_exactly_once() {
     assert_eq!(seen.all().len(), 2, "nothing ends while the body is alive");
     drop(body);
     let c = ran(3, "dropped mid-body");
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::ABORTED, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::ABORTED, Phase::Body));
     assert_eq!(c.bytes_sent(), 2);
     assert!(!c.body_error());
 
@@ -203,10 +192,7 @@ async fn every_path_runs_each_hook_exactly_once() {
     assert!(futures_poll(&mut fut).is_pending());
     drop(fut);
     let c = ran(4, "dropped before the head");
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::ABORTED, Phase::Handler)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::ABORTED, Phase::Handler));
     assert_eq!(c.response_status(), None);
 
     // a body error after one frame: ends at the error, not at the drop
@@ -220,10 +206,7 @@ async fn every_path_runs_each_hook_exactly_once() {
     let c = ran(5, "body error");
     drop(body);
     assert_eq!(ran(5, "body error, then dropped"), c);
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::NORMAL, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::NORMAL, Phase::Body));
     assert_eq!(c.bytes_sent(), 2);
     assert!(c.body_error());
 }
@@ -236,8 +219,7 @@ async fn a_lifecycle_used_after_its_request_ended_behaves_as_documented() {
         tx.send(lifecycle_of(&req)).unwrap();
         std::future::ready(Ok::<_, Infallible>(full("x")))
     });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    run_to_end(svc, Request::new(())).await;
     let lifecycle = rx.recv().unwrap();
     let first = seen.only();
 
@@ -264,20 +246,13 @@ async fn a_lifecycle_used_after_its_request_ended_behaves_as_documented() {
         first
     );
     // Work runs as a plain task, outside the ended lifecycle.
-    let (wtx, wrx) = tokio::sync::oneshot::channel();
-    lifecycle.spawn(async move {
-        let _ = wtx.send("spawned");
-    });
+    let (work, sent) = sends("spawned");
+    lifecycle.spawn(work);
+    assert_eq!(within("the spawned work", sent).await.unwrap(), "spawned");
+    let (work, sent) = sends("after");
+    lifecycle.after_response(work);
     assert_eq!(
-        tokio::time::timeout(WAIT, wrx).await.unwrap().unwrap(),
-        "spawned"
-    );
-    let (wtx, wrx) = tokio::sync::oneshot::channel();
-    lifecycle.after_response(async move {
-        let _ = wtx.send("after");
-    });
-    assert_eq!(
-        tokio::time::timeout(WAIT, wrx).await.unwrap().unwrap(),
+        within("the work after the response", sent).await.unwrap(),
         "after"
     );
     // Settings change nothing any more, and never panic.
@@ -312,15 +287,7 @@ async fn a_blocking_hook_delays_only_its_own_request() {
     });
     let blocked = tokio::task::spawn_blocking({
         let svc = svc.clone();
-        move || {
-            tokio::runtime::Handle::current().block_on(async move {
-                let res = svc
-                    .oneshot(Request::get("/blocking").body(()).unwrap())
-                    .await
-                    .unwrap();
-                res.into_body().collect().await.unwrap();
-            })
-        }
+        move || tokio::runtime::Handle::current().block_on(run_to_end(svc, get("/blocking")))
     });
     tokio::time::timeout(WAIT, entered_rx)
         .await
@@ -328,10 +295,7 @@ async fn a_blocking_hook_delays_only_its_own_request() {
         .unwrap();
     // Another request, in a task of its own: should the blocked hook hold
     // it up too, the wait below fails instead of the test hanging.
-    let other = tokio::spawn(async move {
-        let res = svc.oneshot(Request::new(())).await.unwrap();
-        res.into_body().collect().await.unwrap();
-    });
+    let other = tokio::spawn(run_to_end(svc, Request::new(())));
     let ended = seen.wait_for(1).await;
     assert_eq!(ended.len(), 1, "only the other request ended: {ended:?}");
     assert!(!blocked.is_finished(), "the hook is still blocked");
@@ -357,10 +321,7 @@ fn when_the_runtime_shuts_down_the_hooks_after_a_pending_async_hook_still_run() 
         lifecycle.on_shutdown(move |done| l.push(format!("after:{}", done.status())));
         std::future::ready(Ok::<_, Infallible>(full("x")))
     });
-    rt.block_on(async {
-        let res = svc.oneshot(Request::new(())).await.unwrap();
-        res.into_body().collect().await.unwrap();
-    });
+    rt.block_on(run_to_end(svc, Request::new(())));
     assert!(log.get().is_empty(), "the async hook is still pending");
     // The task that carries the rest of the chain is dropped with the
     // runtime: the sync hook and `on_complete` run all the same.

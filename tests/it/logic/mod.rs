@@ -26,9 +26,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
+use tower::util::ServiceFn;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
+use tower_lifecycle::{
+    Completion, ConnectionStatus, Lifecycle, LifecycleLayer, LifecycleService, Phase,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -65,8 +68,13 @@ impl Seen {
     }
 
     /// `f` as a service behind a layer that reports here.
-    fn service<F>(&self, f: F) -> tower_lifecycle::LifecycleService<tower::util::ServiceFn<F>> {
-        ServiceBuilder::new().layer(self.layer()).service_fn(f)
+    fn service<F>(&self, f: F) -> LifecycleService<ServiceFn<F>> {
+        layered(self.layer(), f)
+    }
+
+    /// `inner` behind a layer that reports here.
+    fn wrap<S>(&self, inner: S) -> LifecycleService<S> {
+        ServiceBuilder::new().layer(self.layer()).service(inner)
     }
 
     /// Waits for the first completion (hooks handed to the runtime run
@@ -98,6 +106,33 @@ impl Log {
     fn get(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
+}
+
+/// `f` as a service behind `layer`.
+fn layered<F>(layer: LifecycleLayer, f: F) -> LifecycleService<ServiceFn<F>> {
+    ServiceBuilder::new().layer(layer).service_fn(f)
+}
+
+/// Sends `req` through `svc` and reads the response body to its end;
+/// returns what it held.
+async fn run_to_end<S, B>(svc: S, req: Request<()>) -> Bytes
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// A GET request for `path`.
+fn get(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+/// The status and phase a request ended with, to compare as a pair.
+fn ended(c: &Completion) -> (ConnectionStatus, Phase) {
+    (c.status(), c.phase())
 }
 
 fn lifecycle_of<B>(req: &Request<B>) -> Lifecycle {
@@ -167,6 +202,53 @@ impl Body for Chunks {
     }
 }
 
+/// A body whose every poll `poll` answers, for the odd bodies a single
+/// test needs: one that never yields, one that panics inside its poll.
+pub(crate) struct PollFnBody<F> {
+    poll: F,
+    hint: SizeHint,
+}
+
+impl<F> PollFnBody<F>
+where
+    F: FnMut() -> Poll<Option<Frame<Bytes>>> + Unpin,
+{
+    /// A body of `poll`'s answers, of unknown size.
+    pub(crate) fn new(poll: F) -> Self {
+        PollFnBody {
+            poll,
+            hint: SizeHint::default(),
+        }
+    }
+
+    /// The same body, saying its size is exactly `len`.
+    pub(crate) fn exact(self, len: u64) -> Self {
+        PollFnBody {
+            hint: SizeHint::with_exact(len),
+            ..self
+        }
+    }
+}
+
+impl<F> Body for PollFnBody<F>
+where
+    F: FnMut() -> Poll<Option<Frame<Bytes>>> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        (self.get_mut().poll)().map(|frame| frame.map(Ok))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
 type PolledFrame<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
 
 fn poll_once<B: Body + Unpin>(body: &mut B) -> PolledFrame<B> {
@@ -181,19 +263,29 @@ fn futures_poll<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> 
 
 /// A gate the test opens; the handler waits on it.
 #[derive(Clone)]
-struct Gate(Arc<tokio::sync::Semaphore>);
+struct Gate(Arc<(tokio::sync::Semaphore, AtomicUsize)>);
 
 impl Gate {
     fn new() -> Self {
-        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+        Gate(Arc::new((
+            tokio::sync::Semaphore::new(0),
+            AtomicUsize::new(0),
+        )))
     }
 
     fn open(&self) {
-        self.0.add_permits(usize::MAX >> 4);
+        self.0 .0.add_permits(usize::MAX >> 4);
     }
 
+    /// Waits until the gate is open, then counts one more past it.
     async fn wait(&self) {
-        drop(self.0.acquire().await.unwrap());
+        drop(self.0 .0.acquire().await.unwrap());
+        self.0 .1.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many waiters went past the gate.
+    fn passed(&self) -> usize {
+        self.0 .1.load(Ordering::SeqCst)
     }
 }
 

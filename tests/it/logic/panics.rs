@@ -27,15 +27,34 @@ fn panicking_handler(
     })
 }
 
+/// Calls a service behind `seen`'s layer whose handler registers a hook
+/// that panics, then `then` as a hook, and drops the call's future while
+/// the thread unwinds from another panic. Returns what `catch_unwind` gave.
+fn drop_during_an_unwind(
+    seen: &Seen,
+    then: impl FnOnce() + Send + 'static,
+) -> std::thread::Result<()> {
+    let then = Mutex::new(Some(then));
+    let mut svc = seen.service(move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        lifecycle.on_shutdown(|_| panic!("hook panics during an unwind"));
+        let then = then.lock().unwrap().take().expect("one request");
+        lifecycle.on_shutdown(move |_| then());
+        std::future::ready(Ok::<_, Infallible>(full("x")))
+    });
+    let fut = svc.call(Request::new(()));
+    catch_unwind(AssertUnwindSafe(move || {
+        let _held = fut;
+        panic!("outer panic");
+    }))
+}
+
 #[tokio::test]
 async fn a_handler_panic_propagates_unchanged_and_is_recorded() {
     let seen = Seen::default();
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer())
-        .service(panicking_handler(calls.clone()));
-    let req = Request::get("/panic").body(()).unwrap();
-    let err = tokio::spawn(svc.oneshot(req)).await.unwrap_err();
+    let svc = seen.wrap(panicking_handler(calls.clone()));
+    let err = tokio::spawn(svc.oneshot(get("/panic"))).await.unwrap_err();
     let payload = err.into_panic();
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"handler boom"));
     // The drop happened during the unwind: hooks were handed to the runtime.
@@ -58,8 +77,7 @@ async fn a_panic_caught_by_catch_panic_layer_inside_is_still_recorded() {
         .layer(seen.layer())
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .service(panicking_handler(calls.clone()));
-    let req = Request::get("/panic").body(()).unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
+    let res = svc.clone().oneshot(get("/panic")).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     res.into_body().collect().await.unwrap();
     let c = seen.only();
@@ -69,8 +87,7 @@ async fn a_panic_caught_by_catch_panic_layer_inside_is_still_recorded() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // and a request that does not panic is not marked
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    run_to_end(svc, Request::new(())).await;
     assert!(!seen.all()[1].panicked());
 }
 
@@ -81,20 +98,9 @@ fn hooks_started_by_a_drop_during_an_unwind_do_not_abort_the_process() {
     let seen = Seen::default();
     let after = Arc::new(AtomicUsize::new(0));
     let a = after.clone();
-    let mut svc = seen.service(move |req: Request<()>| {
-        let lifecycle = lifecycle_of(&req);
-        lifecycle.on_shutdown(|_| panic!("hook panics during an unwind"));
-        let a = a.clone();
-        lifecycle.on_shutdown(move |_| {
-            a.fetch_add(1, Ordering::SeqCst);
-        });
-        std::future::ready(Ok::<_, Infallible>(full("x")))
+    let result = drop_during_an_unwind(&seen, move || {
+        a.fetch_add(1, Ordering::SeqCst);
     });
-    let fut = svc.call(Request::new(()));
-    let result = catch_unwind(AssertUnwindSafe(move || {
-        let _held = fut;
-        panic!("outer panic");
-    }));
     assert!(result.is_err());
     assert_eq!(after.load(Ordering::SeqCst), 1);
     let c = seen.only();
@@ -106,21 +112,9 @@ fn hooks_started_by_a_drop_during_an_unwind_do_not_abort_the_process() {
 async fn with_a_runtime_unwind_drops_hand_the_hooks_to_the_runtime() {
     let seen = Seen::default();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let tx = Mutex::new(Some(tx));
-    let mut svc = seen.service(move |req: Request<()>| {
-        let lifecycle = lifecycle_of(&req);
-        lifecycle.on_shutdown(|_| panic!("hook panics"));
-        let tx = tx.lock().unwrap().take().unwrap();
-        lifecycle.on_shutdown(move |_| {
-            let _ = tx.send(std::thread::panicking());
-        });
-        std::future::ready(Ok::<_, Infallible>(full("x")))
+    let result = drop_during_an_unwind(&seen, move || {
+        let _ = tx.send(std::thread::panicking());
     });
-    let fut = svc.call(Request::new(()));
-    let result = catch_unwind(AssertUnwindSafe(move || {
-        let _held = fut;
-        panic!("outer panic");
-    }));
     assert!(result.is_err());
     assert!(seen.all().is_empty(), "not run inside the unwind");
     let ran_while_panicking = tokio::time::timeout(WAIT, rx).await.unwrap().unwrap();
@@ -168,8 +162,7 @@ async fn a_panic_in_a_task_holding_the_handle_is_recorded() {
             Ok::<_, Infallible>(full("x"))
         }
     });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    res.into_body().collect().await.unwrap();
+    run_to_end(svc, Request::new(())).await;
     let c = seen.wait_one().await;
     assert!(c.panicked(), "{c:?}");
     assert_eq!(c.status(), ConnectionStatus::NORMAL);

@@ -2,31 +2,56 @@
 
 use super::*;
 
+use http_body_util::channel::Channel;
+use tower_lifecycle::LifecycleBody;
+
+/// Sends `req` through `seen`'s layer with a time limit of `limit` to a
+/// handler that answers at once with a channel body, and returns that body:
+/// a producer task sends `first` down it, then holds it open without
+/// another frame.
+async fn stalling_body(
+    seen: &Seen,
+    limit: Duration,
+    first: &'static str,
+    req: Request<()>,
+) -> LifecycleBody<Channel<Bytes, Infallible>> {
+    let svc = layered(seen.layer().time_limit(limit), move |_req: Request<()>| {
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(first.as_bytes()))
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+    });
+    svc.oneshot(req).await.unwrap().into_body()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_handler_past_the_limit_is_cancelled_and_answered_with_503() {
     let seen = Seen::default();
     let log = Log::default();
     let l = log.clone();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::from_secs(2)))
-        .service_fn(move |req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            let log = l.clone();
-            async move {
-                struct Guard(Log);
-                impl Drop for Guard {
-                    fn drop(&mut self) {
-                        self.0.push("handler dropped");
-                    }
+    let layer = seen.layer().time_limit(Duration::from_secs(2));
+    let svc = layered(layer, move |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        let log = l.clone();
+        async move {
+            struct Guard(Log);
+            impl Drop for Guard {
+                fn drop(&mut self) {
+                    self.0.push("handler dropped");
                 }
-                let _guard = Guard(log.clone());
-                let l = log.clone();
-                lifecycle
-                    .on_shutdown(move |c| l.push(format!("hook:{}:{}", c.status(), c.phase())));
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, Infallible>(full("too late"))
             }
-        });
+            let _guard = Guard(log.clone());
+            let l = log.clone();
+            lifecycle.on_shutdown(move |c| l.push(format!("hook:{}:{}", c.status(), c.phase())));
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, Infallible>(full("too late"))
+        }
+    });
     let start = tokio::time::Instant::now();
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -48,16 +73,13 @@ async fn a_handler_past_the_limit_is_cancelled_and_answered_with_503() {
 
 #[tokio::test(start_paused = true)]
 async fn the_timeout_status_is_configurable_and_grpc_gets_deadline_exceeded() {
-    let svc = ServiceBuilder::new()
-        .layer(
-            LifecycleLayer::new()
-                .time_limit(Duration::from_secs(1))
-                .timeout_status(StatusCode::GATEWAY_TIMEOUT),
-        )
-        .service_fn(|_req: Request<()>| async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok::<_, Infallible>(full("late"))
-        });
+    let layer = LifecycleLayer::new()
+        .time_limit(Duration::from_secs(1))
+        .timeout_status(StatusCode::GATEWAY_TIMEOUT);
+    let svc = layered(layer, |_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, Infallible>(full("late"))
+    });
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
 
@@ -79,18 +101,16 @@ async fn grpc_timeout_caps_the_limit_and_a_malformed_one_is_ignored() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let make = |layer: LifecycleLayer| {
         let tx = tx.clone();
-        ServiceBuilder::new()
-            .layer(layer)
-            .service_fn(move |req: Request<()>| {
-                let lifecycle = lifecycle_of(&req);
-                tx.send(
-                    lifecycle
-                        .deadline()
-                        .map(|d| d - tokio::time::Instant::now()),
-                )
-                .unwrap();
-                std::future::ready(Ok::<_, Infallible>(full("x")))
-            })
+        layered(layer, move |req: Request<()>| {
+            let lifecycle = lifecycle_of(&req);
+            tx.send(
+                lifecycle
+                    .deadline()
+                    .map(|d| d - tokio::time::Instant::now()),
+            )
+            .unwrap();
+            std::future::ready(Ok::<_, Infallible>(full("x")))
+        })
     };
     let with = |timeout: &str| {
         let mut req = grpc_request();
@@ -131,19 +151,8 @@ async fn grpc_timeout_caps_the_limit_and_a_malformed_one_is_ignored() {
 #[tokio::test(start_paused = true)]
 async fn a_body_past_the_limit_ends_with_timed_out() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::from_secs(5)))
-        .service_fn(|_req: Request<()>| {
-            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"first")).await.unwrap();
-                std::future::pending::<()>().await;
-                drop(tx);
-            });
-            std::future::ready(Ok::<_, Infallible>(Response::new(body)))
-        });
-    let res = svc.oneshot(Request::new(())).await.unwrap();
-    let mut body = res.into_body();
+    let limit = Duration::from_secs(5);
+    let mut body = stalling_body(&seen, limit, "first", Request::new(())).await;
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "first");
     let err = body.frame().await.unwrap().unwrap_err();
@@ -153,10 +162,7 @@ async fn a_body_past_the_limit_ends_with_timed_out() {
     );
     assert!(body.frame().await.is_none(), "nothing after the error");
     let c = seen.only();
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::TIMEOUT, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::TIMEOUT, Phase::Body));
     assert_eq!(c.bytes_sent(), 5);
     assert!(!c.body_error(), "a timeout is not the body's own error");
 }
@@ -164,33 +170,29 @@ async fn a_body_past_the_limit_ends_with_timed_out() {
 #[tokio::test(start_paused = true)]
 async fn set_time_limit_restarts_the_clock_and_none_removes_it() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::from_secs(1)))
-        .service_fn(|req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            async move {
-                let step = Duration::from_millis(900);
+    let layer = seen.layer().time_limit(Duration::from_secs(1));
+    let svc = layered(layer, |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        async move {
+            let step = Duration::from_millis(900);
+            tokio::time::sleep(step).await;
+            if req.uri() == "/none" {
+                lifecycle.set_time_limit(None);
+                assert_eq!(lifecycle.deadline(), None);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            } else {
+                lifecycle.set_time_limit(Some(Duration::from_secs(1)));
                 tokio::time::sleep(step).await;
-                if req.uri() == "/none" {
-                    lifecycle.set_time_limit(None);
-                    assert_eq!(lifecycle.deadline(), None);
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                } else {
-                    lifecycle.set_time_limit(Some(Duration::from_secs(1)));
-                    tokio::time::sleep(step).await;
-                }
-                Ok::<_, Infallible>(full("survived"))
             }
-        });
+            Ok::<_, Infallible>(full("survived"))
+        }
+    });
     let start = tokio::time::Instant::now();
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(start.elapsed(), Duration::from_millis(1800));
     res.into_body().collect().await.unwrap();
-    let res = svc
-        .oneshot(Request::get("/none").body(()).unwrap())
-        .await
-        .unwrap();
+    let res = svc.oneshot(get("/none")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     res.into_body().collect().await.unwrap();
     assert!(
@@ -209,30 +211,25 @@ fn a_zero_time_limit_is_refused_when_the_layer_is_built() {
 #[tokio::test(start_paused = true)]
 async fn absurd_limits_are_no_limit_or_expire_at_once() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::MAX))
-        .service_fn(|req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            async move {
-                assert_eq!(
-                    lifecycle.deadline(),
-                    None,
-                    "too large to represent: no limit"
-                );
-                if req.uri() == "/zero" {
-                    lifecycle.set_time_limit(Some(Duration::ZERO));
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, Infallible>(full("x"))
+    let svc = layered(seen.layer().time_limit(Duration::MAX), |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        async move {
+            assert_eq!(
+                lifecycle.deadline(),
+                None,
+                "too large to represent: no limit"
+            );
+            if req.uri() == "/zero" {
+                lifecycle.set_time_limit(Some(Duration::ZERO));
+                std::future::pending::<()>().await;
             }
-        });
+            Ok::<_, Infallible>(full("x"))
+        }
+    });
     let res = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     drop(res);
-    let res = svc
-        .oneshot(Request::get("/zero").body(()).unwrap())
-        .await
-        .unwrap();
+    let res = svc.oneshot(get("/zero")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let all = seen.all();
     assert_eq!(all[1].status(), ConnectionStatus::TIMEOUT);
@@ -241,23 +238,21 @@ async fn absurd_limits_are_no_limit_or_expire_at_once() {
 #[tokio::test(start_paused = true)]
 async fn continued_work_past_the_limit_is_cancelled_with_aborted_and_timeout() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(
-            seen.layer()
-                .ignore_abort(true)
-                .time_limit(Duration::from_secs(2)),
-        )
-        .service_fn(|req: Request<()>| {
-            let lifecycle = lifecycle_of(&req);
-            async move {
-                match req.uri().path() {
-                    "/after" => lifecycle.after_response(std::future::pending()),
-                    "/spawn" => lifecycle.spawn(std::future::pending()),
-                    _ => std::future::pending().await,
-                }
-                Ok::<_, Infallible>(full("x"))
+    let layer = seen
+        .layer()
+        .ignore_abort(true)
+        .time_limit(Duration::from_secs(2));
+    let svc = layered(layer, |req: Request<()>| {
+        let lifecycle = lifecycle_of(&req);
+        async move {
+            match req.uri().path() {
+                "/after" => lifecycle.after_response(std::future::pending()),
+                "/spawn" => lifecycle.spawn(std::future::pending()),
+                _ => std::future::pending().await,
             }
-        });
+            Ok::<_, Infallible>(full("x"))
+        }
+    });
     // A continued handler whose client left.
     let mut fut = Box::pin(svc.clone().oneshot(Request::new(())));
     assert!(futures_poll(&mut fut).is_pending());
@@ -270,30 +265,21 @@ async fn continued_work_past_the_limit_is_cancelled_with_aborted_and_timeout() {
 
     // after_response and spawn work, the client stayed.
     for uri in ["/after", "/spawn"] {
-        let res = svc
-            .clone()
-            .oneshot(Request::get(uri).body(()).unwrap())
-            .await
-            .unwrap();
-        res.into_body().collect().await.unwrap();
+        run_to_end(svc.clone(), get(uri)).await;
     }
     seen.wait_for(3).await;
     for c in &seen.all()[1..] {
-        assert_eq!(
-            (c.status(), c.phase()),
-            (ConnectionStatus::TIMEOUT, Phase::Continued)
-        );
+        assert_eq!(ended(c), (ConnectionStatus::TIMEOUT, Phase::Continued));
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_always_ready_body_cannot_outrun_the_limit() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::from_secs(1)))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b", "c"])))
-        });
+    let layer = seen.layer().time_limit(Duration::from_secs(1));
+    let svc = layered(layer, |_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Chunks::new(&["a", "b", "c"])))
+    });
     let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
     assert!(matches!(poll_once(&mut body), Poll::Ready(Some(Ok(_)))));
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -311,30 +297,13 @@ async fn an_always_ready_body_cannot_outrun_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_grpc_body_past_the_limit_ends_with_deadline_exceeded_trailers() {
     let seen = Seen::default();
-    let svc = ServiceBuilder::new()
-        .layer(seen.layer().time_limit(Duration::from_secs(1)))
-        .service_fn(|_req: Request<()>| {
-            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"message")).await.unwrap();
-                std::future::pending::<()>().await;
-                drop(tx);
-            });
-            std::future::ready(Ok::<_, Infallible>(Response::new(body)))
-        });
-    let res = svc.oneshot(grpc_request()).await.unwrap();
-    let collected = res
-        .into_body()
-        .collect()
-        .await
-        .expect("ends cleanly, with trailers");
+    let limit = Duration::from_secs(1);
+    let body = stalling_body(&seen, limit, "message", grpc_request()).await;
+    let collected = body.collect().await.expect("ends cleanly, with trailers");
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["grpc-status"], "4");
     assert_eq!(collected.to_bytes(), "message");
     let c = seen.only();
-    assert_eq!(
-        (c.status(), c.phase()),
-        (ConnectionStatus::TIMEOUT, Phase::Body)
-    );
+    assert_eq!(ended(&c), (ConnectionStatus::TIMEOUT, Phase::Body));
     assert_eq!(c.grpc_status(), Some(4));
 }
