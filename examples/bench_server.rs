@@ -1,4 +1,4 @@
-//! Run with: cargo run --release --example bench_server -- [bare|layer] [PORT]
+//! Run with: cargo run --release --example bench_server -- [bare|layer|watched] [PORT]
 //!
 //! The server of the end-to-end benchmark (`scripts/bench-e2e.sh`): an axum
 //! hello world (`GET /` answers `hello world`) on 127.0.0.1:PORT (default
@@ -10,6 +10,8 @@
 //!   (ignore-abort on, a 30 s time limit, a layer-wide `on_complete` hook),
 //!   and a handler that takes the `Lifecycle` extractor and registers one
 //!   `on_shutdown` hook: what every request pays when the crate is used.
+//! - `watched` (Unix): `layer`, each connection watched
+//!   (`watch::Listener` and `watch::make_service`).
 //!
 //! It prints `listening on http://127.0.0.1:PORT` once it accepts
 //! connections, and runs until killed.
@@ -29,6 +31,7 @@ const HELLO: &str = "hello world";
 enum Config {
     Bare,
     Layer,
+    Watched,
 }
 
 /// The handler without the layer.
@@ -45,7 +48,7 @@ async fn with_lifecycle(lifecycle: Lifecycle) -> &'static str {
 fn app(config: Config) -> Router {
     match config {
         Config::Bare => Router::new().route("/", get(bare)),
-        Config::Layer => Router::new().route("/", get(with_lifecycle)).layer(
+        Config::Layer | Config::Watched => Router::new().route("/", get(with_lifecycle)).layer(
             LifecycleLayer::new()
                 .ignore_abort(true)
                 .time_limit(Duration::from_secs(30))
@@ -55,7 +58,7 @@ fn app(config: Config) -> Router {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server [bare|layer] [PORT]");
+    eprintln!("usage: bench_server [bare|layer|watched] [PORT]");
     std::process::exit(2);
 }
 
@@ -65,6 +68,7 @@ async fn main() {
     let config = match args.next().as_deref() {
         None | Some("layer") => Config::Layer,
         Some("bare") => Config::Bare,
+        Some("watched") => Config::Watched,
         Some(_) => usage(),
     };
     let port: u16 = match args.next() {
@@ -82,10 +86,19 @@ async fn main() {
     let name = match config {
         Config::Bare => "bare",
         Config::Layer => "layer",
+        Config::Watched => "watched",
     };
     eprintln!("bench_server: {name} configuration");
     println!("listening on http://{addr}");
-    axum::serve(listener, app(config))
+    let served = if config == Config::Watched {
+        use tower_lifecycle::watch;
+        axum::serve(
+            watch::Listener::new(listener),
+            watch::make_service(app(config)),
+        )
         .await
-        .expect("server error");
+    } else {
+        axum::serve(listener, app(config)).await
+    };
+    served.expect("server error");
 }

@@ -19,7 +19,9 @@
 # request's time in microseconds).
 #
 # Knobs (environment): ROUNDS (5), WRK_DURATION (10s), H2_REQUESTS
-# (200000), PORT (3917). The defaults take about 3 to 4 minutes after the
+# (200000), PORT (3917), A and B, the two configurations of
+# examples/bench_server.rs compared (bare and layer; A=layer B=watched
+# measures the connection watch). The defaults take about 3 to 4 minutes after the
 # build.
 #
 # The machine's cores are shared by the load generator and the server: the
@@ -32,6 +34,8 @@
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
+A=${A:-bare}
+B=${B:-layer}
 WRK_DURATION=${WRK_DURATION:-10s}
 H2_REQUESTS=${H2_REQUESTS:-200000}
 PORT=${PORT:-3917}
@@ -202,7 +206,7 @@ measure() {
 log "$ROUNDS rounds: wrk -t2 -c$CONNECTIONS -d$WRK_DURATION --latency, h2load -n $H2_REQUESTS -c $CONNECTIONS -m 10, on $URL ($(nproc) cores)"
 started=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
-    if [ $((round % 2)) -eq 1 ]; then order="bare layer"; else order="layer bare"; fi
+    if [ $((round % 2)) -eq 1 ]; then order="$A $B"; else order="$B $A"; fi
     for config in $order; do
         measure "$config" "$round"
     done
@@ -217,52 +221,52 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "nan"; else pri
 
 METRICS="h1_rps h1_p99 h2_rps h2_mean h2_p99"
 declare -A M
-for config in bare layer; do
+for config in $A $B; do
     for metric in $METRICS; do
         M[$config,$metric]=$(med "$config" "$metric")
     done
 done
 
 echo
-echo "## End-to-end: axum hello world, bare vs LifecycleLayer"
+echo "## End-to-end: axum hello world, $A vs $B"
 echo
 echo "Medians over $ROUNDS A/B rounds (${elapsed} s of load); $(nproc) cores shared by the server and the load generator."
 echo "HTTP/1.1: \`wrk -t2 -c$CONNECTIONS -d$WRK_DURATION --latency\`; h2c: \`h2load -n $H2_REQUESTS -c $CONNECTIONS -m 10\` (p99 from its per-request log)."
 echo
 echo "| config | HTTP/1.1 req/s | HTTP/1.1 p99 (ms) | h2c req/s | h2c mean (ms) | h2c p99 (ms) |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-for config in bare layer; do
+for config in $A $B; do
     printf '| %s | %s | %s | %s | %s | %s |\n' "$config" \
         "${M[$config,h1_rps]}" "${M[$config,h1_p99]}" \
         "${M[$config,h2_rps]}" "${M[$config,h2_mean]}" "${M[$config,h2_p99]}"
 done
-printf '| layer/bare, ratio of medians | %s | %s | %s | %s | %s |\n' \
-    "$(ratio "${M[layer,h1_rps]}" "${M[bare,h1_rps]}")" \
-    "$(ratio "${M[layer,h1_p99]}" "${M[bare,h1_p99]}")" \
-    "$(ratio "${M[layer,h2_rps]}" "${M[bare,h2_rps]}")" \
-    "$(ratio "${M[layer,h2_mean]}" "${M[bare,h2_mean]}")" \
-    "$(ratio "${M[layer,h2_p99]}" "${M[bare,h2_p99]}")"
+printf "| $B/$A, ratio of medians |"' %s | %s | %s | %s | %s |\n' \
+    "$(ratio "${M[$B,h1_rps]}" "${M[$A,h1_rps]}")" \
+    "$(ratio "${M[$B,h1_p99]}" "${M[$A,h1_p99]}")" \
+    "$(ratio "${M[$B,h2_rps]}" "${M[$A,h2_rps]}")" \
+    "$(ratio "${M[$B,h2_mean]}" "${M[$A,h2_mean]}")" \
+    "$(ratio "${M[$B,h2_p99]}" "${M[$A,h2_p99]}")"
 # The median of the per-round ratios: each pair ran back to back, so this
 # one cancels drift in background load better than the ratio of medians.
 paired() {
-    awk -F'\t' -v m="$1" '$3 == m { v[$1, $2] = $4; r[$2] = 1 } END {
-        for (k in r) if (v["bare", k] + 0 != 0) printf "%.6f\n", v["layer", k] / v["bare", k]
+    awk -F'\t' -v m="$1" -v a="$A" -v b="$B" '$3 == m { v[$1, $2] = $4; r[$2] = 1 } END {
+        for (k in r) if (v[a, k] + 0 != 0) printf "%.6f\n", v[b, k] / v[a, k]
     }' "$RESULTS" | median | awk '{ printf "%.3f", $1 }'
 }
-row="| layer/bare, median of per-round ratios |"
+row="| $B/$A, median of per-round ratios |"
 for metric in $METRICS; do
     row="$row $(paired "$metric") |"
 done
 echo "$row"
 echo
-echo "Errors (all rounds): bare HTTP/1.1 $(total bare h1_errors), h2c $(total bare h2_errors); layer HTTP/1.1 $(total layer h1_errors), h2c $(total layer h2_errors)."
+echo "Errors (all rounds): $A HTTP/1.1 $(total "$A" h1_errors), h2c $(total "$A" h2_errors); $B HTTP/1.1 $(total "$B" h1_errors), h2c $(total "$B" h2_errors)."
 echo
 echo "Per round:"
 echo
 echo "| round | config | HTTP/1.1 req/s | HTTP/1.1 p99 (ms) | h2c req/s | h2c mean (ms) | h2c p99 (ms) |"
 echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"
 for round in $(seq 1 "$ROUNDS"); do
-    for config in bare layer; do
+    for config in $A $B; do
         row="| $round | $config |"
         for metric in $METRICS; do
             v=$(awk -F'\t' -v c="$config" -v r="$round" -v m="$metric" \

@@ -4,103 +4,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
-/// Why a connection's watch fired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Reason {
-    Open = 0,
-    /// The client closed its side (FIN).
-    Fin = 1,
-    /// The client reset the connection, or the socket reported an error.
-    Reset = 2,
-    /// The server shut the socket down ([`ConnectionWatch::close`], or the
-    /// time limit of a response hyper was not sending).
-    Cut = 3,
-    /// The server let the connection go ([`Watched`](super::Watched)
-    /// dropped).
-    Ended = 4,
-}
-
-impl Reason {
-    fn from_u8(n: u8) -> Reason {
-        match n {
-            1 => Reason::Fin,
-            2 => Reason::Reset,
-            3 => Reason::Cut,
-            4 => Reason::Ended,
-            _ => Reason::Open,
-        }
-    }
-}
-
-/// What the watcher and every handle share.
-pub(super) struct Shared {
-    /// Cancelled once the connection is over for the layer; `reason` says
-    /// why.
-    pub(super) closed: CancellationToken,
-    /// Cancelled to ask the watcher to shut the socket down.
-    pub(super) close: CancellationToken,
-    reason: AtomicU8,
-    /// When the watcher shuts the socket down on its own: the time limit
-    /// of the response in flight (HTTP/1.1 has one at a time).
-    cut_at: Mutex<Option<Instant>>,
-    pub(super) cut_moved: Notify,
-    /// The watcher's duplicate of the socket, to ask it directly. Weak:
-    /// only the watcher task keeps it open.
-    #[cfg(unix)]
-    pub(super) socket: std::sync::Weak<tokio::net::TcpStream>,
-}
-
-impl Shared {
-    pub(super) fn new(#[cfg(unix)] socket: std::sync::Weak<tokio::net::TcpStream>) -> Self {
-        Shared {
-            #[cfg(unix)]
-            socket,
-            closed: CancellationToken::new(),
-            close: CancellationToken::new(),
-            reason: AtomicU8::new(Reason::Open as u8),
-            cut_at: Mutex::new(None),
-            cut_moved: Notify::new(),
-        }
-    }
-
-    /// Records why the connection is over; the first reason wins.
-    pub(super) fn record(&self, reason: Reason) {
-        // Release: pairs with the Acquire in `reason`, for a reader (the
-        // drop of a request) that looks at the reason before `closed`
-        // fired: the watcher records it before it shuts the socket down,
-        // so a request hyper drops because of that shutdown sees it.
-        let _ = self.reason.compare_exchange(
-            Reason::Open as u8,
-            reason as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// Records why the connection is over and wakes every waiter.
-    pub(super) fn finish(&self, reason: Reason) {
-        self.record(reason);
-        self.closed.cancel();
-    }
-
-    pub(super) fn reason(&self) -> Reason {
-        Reason::from_u8(self.reason.load(Ordering::Acquire))
-    }
-
-    pub(super) fn cut_at(&self) -> Option<Instant> {
-        *self.cut_at.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+use super::shared::{Reason, Shared};
 
 /// A handle on one connection's [`Watched`](super::Watched) socket: it
 /// says when the connection is over, without keeping the socket open.
@@ -143,6 +54,7 @@ impl ConnectionWatch {
     /// at once if it already is. The future owns a handle: it is
     /// `Send + 'static` and can be moved into a task.
     pub fn closed(&self) -> Closed {
+        self.shared.start();
         Closed {
             inner: self.shared.closed.clone().cancelled_owned(),
         }
@@ -153,6 +65,7 @@ impl ConnectionWatch {
     /// request of the connection and lets it go. The client sees the
     /// connection close. Does nothing once the connection is over.
     pub fn close(&self) {
+        self.shared.start();
         self.shared.close.cancel();
     }
 
@@ -167,6 +80,9 @@ impl ConnectionWatch {
         if *slot != at {
             *slot = at;
             drop(slot);
+            if at.is_some() {
+                self.shared.start();
+            }
             self.shared.cut_moved.notify_one();
         }
     }
@@ -179,15 +95,7 @@ impl ConnectionWatch {
     /// that reads nothing). False when it is open, holds data, or the
     /// server already let it go.
     pub(crate) fn peer_gone(&self) -> bool {
-        #[cfg(unix)]
-        if let Some(socket) = self.shared.socket.upgrade() {
-            let mut byte = [std::mem::MaybeUninit::uninit()];
-            return match socket2::SockRef::from(&*socket).peek(&mut byte) {
-                Ok(n) => n == 0,
-                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            };
-        }
-        false
+        self.shared.peer_gone()
     }
 }
 

@@ -83,16 +83,22 @@
 //!
 //! # Cost
 //!
-//! Per connection: a task, a duplicated descriptor and its registration in
-//! the reactor (four system calls). Per request that carries a watch: a
-//! clone of the handle, and one small allocation for the wait while the
-//! request is in flight. The watcher wakes once per burst of incoming data
-//! (about every 64 KiB of a large upload) and never reads.
+//! Per connection: a duplicated descriptor (`dup`, `getpeername`, `close`).
+//! The watcher itself (a task and a second registration in the reactor,
+//! two more system calls) starts only when something first waits on the
+//! connection: a request whose handler or body is not ready at once,
+//! [`ConnectionWatch::closed`], [`ConnectionWatch::close`]. A connection
+//! whose requests are all answered at once never starts it. Per request
+//! that carries a watch: a clone of the handle, and one small allocation
+//! for the wait while the request is in flight. The watcher wakes once per burst of incoming data (about every
+//! 64 KiB of a large upload) and never reads. `BENCHMARKS.md` has the
+//! figures.
 
 #[cfg(all(unix, feature = "axum-serve"))]
 mod axum;
 mod connection;
 mod layer;
+mod shared;
 mod verdict;
 #[cfg(unix)]
 mod watched;
@@ -103,7 +109,9 @@ pub use self::axum::{make_service, Connection, Listener, MakeFuture, MakeService
 pub use connection::{Closed, ConnectionWatch};
 pub use layer::{WatchLayer, WatchService};
 #[cfg(unix)]
-pub use watched::{Leaving, Watched};
+pub use shared::Leaving;
+#[cfg(unix)]
+pub use watched::Watched;
 
 pub(crate) use connection::Waiting;
 pub(crate) use verdict::{client_left, settle};

@@ -17,8 +17,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,7 +24,7 @@ use tower::{Service, ServiceBuilder};
 use tower_lifecycle::watch::{Leaving, Watched};
 use tower_lifecycle::{Completion, ConnectionStatus, Lifecycle, LifecycleLayer, Phase};
 
-use common::{within, Client, Completions, Proto};
+use common::{serve_watched, within, Client, Completions, Proto};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -43,6 +41,7 @@ enum Event {
 
 /// The handlers, by path:
 /// - `/ok`: answers `ok`;
+/// - `/count`: reads the request body, answers its length;
 /// - `/stream`: a body of 64 KiB chunks that never ends, always ready;
 /// - `/wait`: never answers, never reads the request body;
 /// - `/read`: reads the request body (reports a failure), then never
@@ -83,6 +82,12 @@ fn app(
                         });
                         return Ok(Response::new(StreamBody::new(chunks).boxed()));
                     }
+                    "/count" => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        return Ok(Response::new(
+                            Full::new(Bytes::from(body.len().to_string())).boxed(),
+                        ));
+                    }
                     "/close" => {
                         tokio::spawn(async move {
                             let _kept = lifecycle;
@@ -115,42 +120,6 @@ fn app(
 
 fn full(text: &'static str) -> Body {
     Full::new(Bytes::from_static(text.as_bytes())).boxed()
-}
-
-/// Serves `svc` on 127.0.0.1:0, each connection's stream watched as
-/// `leaving` says and its watch put in every request; HTTP/1.1 with
-/// `half_close(true)` for [`Leaving::ResetOnly`], and HTTP/2.
-async fn serve_watched<S, B>(svc: S, leaving: Leaving) -> SocketAddr
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(stream) = Watched::with_leaving(stream, leaving) else {
-                continue;
-            };
-            let svc = ServiceBuilder::new()
-                .layer(stream.watch().layer())
-                .service(svc.clone());
-            tokio::spawn(async move {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().half_close(leaving == Leaving::ResetOnly);
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// A server with the layer configured by `configure`, watching as
@@ -503,4 +472,124 @@ async fn watching_a_socket_the_client_already_reset_is_an_error() {
     within("the reset", accepted.readable()).await.unwrap();
     let err = Watched::new(accepted).expect_err("a reset socket cannot be watched");
     assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+}
+
+#[tokio::test]
+async fn axum_serve_with_the_watched_listener_sees_an_unread_upload_abandoned() {
+    use axum::extract::ConnectInfo;
+    use axum::routing::post;
+    use tower_lifecycle::watch;
+
+    let (layer, mut done) = common::layer();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/upload",
+            post(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, lifecycle: Lifecycle| async move {
+                    let _ = tx.send((peer, lifecycle));
+                    std::future::pending::<()>().await
+                },
+            ),
+        )
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(watch::Listener::new(listener), watch::make_service(app)).await
+    });
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(upload("/upload").as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&some_of_the_upload()).await.unwrap();
+    let (peer, lifecycle) = within("the handler", started.recv()).await.unwrap();
+    assert_eq!(
+        peer,
+        stream.local_addr().unwrap(),
+        "ConnectInfo<SocketAddr>"
+    );
+    drop(stream);
+    within("aborted()", lifecycle.aborted()).await;
+    assert_aborted(&done.next().await, Phase::Handler);
+}
+
+#[tokio::test]
+async fn under_tls_the_watch_made_before_the_handshake_sees_the_client_leave() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+    let server_config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server_config));
+
+    let (layer, mut done) = common::layer();
+    let (svc, mut events) = app(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        // The watch looks at the TCP socket: made before TLS wraps it.
+        let watched = Watched::new(stream).unwrap();
+        let watch = watched.watch();
+        let tls = acceptor.accept(watched).await.unwrap();
+        let svc = ServiceBuilder::new().layer(watch.layer()).service(svc);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(
+                TokioIo::new(tls),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await;
+    });
+
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client_config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(client_config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(upload("/wait").as_bytes()).await.unwrap();
+    tls.write_all(&some_of_the_upload()).await.unwrap();
+    let Some(Event::Started(lifecycle)) = within("the handler", events.recv()).await else {
+        panic!("expected the handler to start");
+    };
+    drop(tls); // the TCP connection closes, no TLS close_notify needed
+    within("aborted()", lifecycle.aborted()).await;
+    assert_aborted(&done.next().await, Phase::Handler);
+}
+
+#[tokio::test]
+async fn a_large_upload_read_to_its_end_is_no_abort() {
+    let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
+    const SIZE: usize = 8 * 1024 * 1024;
+    let head = format!(
+        "POST /count HTTP/1.1\r\nhost: x\r\ncontent-length: {SIZE}\r\nconnection: close\r\n\r\n"
+    );
+    let mut stream = server.send(&head, &vec![b'u'; SIZE]).await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(
+        answer.ends_with(SIZE.to_string().as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let done = server.done.next().await;
+    assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
+    server.done.assert_none();
 }
