@@ -17,6 +17,7 @@ use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
+use crate::shutdown::{Ending, Reach, ServerShutdown};
 use crate::state::End;
 use crate::tally::{content_length, Bodiless, Tally};
 use crate::watch::{self, Waiting};
@@ -80,6 +81,9 @@ pin_project! {
         continue_body: Detach<B>,
         // The connection's watch, if the request carried one.
         connection: Option<Waiting>,
+        // What the shutdown does to this body, and its wait on it.
+        ending: Ending,
+        reach: Reach,
         // Set while the inner body is being polled: still set in `drop`
         // means its `poll_frame` panicked.
         polling: bool,
@@ -142,6 +146,8 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             timer: Timer::default(),
             continue_body: continue_body::<B>,
             connection,
+            ending: Ending::of(grpc, &parts.headers),
+            reach: Reach::default(),
             polling: false,
         };
         if complete {
@@ -166,6 +172,8 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             timer: Timer::default(),
             continue_body: continue_body::<B>,
             connection: None,
+            ending: Ending::Cut,
+            reach: Reach::default(),
             polling: false,
         }
     }
@@ -242,6 +250,31 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
     Poll::Ready(Some(Err(Box::new(TimedOut))))
 }
 
+/// The shutdown reached a body that was not complete: it ends as its kind
+/// says (see [`shutdown`](crate::shutdown)), the inner body dropped.
+fn reached<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, BoxError>>> {
+    let mut inner = this.inner;
+    inner.set(Inner::Gone);
+    let ending = *this.ending;
+    if ending == Ending::Grpc {
+        this.tally.grpc_status = Some(grpc::UNAVAILABLE);
+    }
+    if let Some((shared, _)) = this.side.take() {
+        if ending == Ending::Cut {
+            shared.cancelled_by_shutdown();
+        }
+        shared.response_done(End {
+            shutdown: true,
+            ..this.tally.end()
+        });
+    }
+    match ending {
+        Ending::Sse => Poll::Ready(None),
+        Ending::Grpc => Poll::Ready(Some(Ok(Frame::trailers(grpc::unavailable_trailers())))),
+        Ending::Cut => Poll::Ready(Some(Err(Box::new(ServerShutdown)))),
+    }
+}
+
 impl<B> Body for LifecycleBody<B>
 where
     B: Body,
@@ -262,6 +295,14 @@ where
             .is_some_and(|shared| shared.time_limit().passed())
         {
             return expire(this);
+        }
+        if !this.side.is_complete()
+            && this
+                .side
+                .shared()
+                .is_some_and(|shared| Reach::reached(*this.ending, &shared.config.drain))
+        {
+            return reached(this);
         }
         let mut inner = match this.inner.as_mut().project() {
             InnerProj::Gone => return Poll::Ready(None),
@@ -292,6 +333,15 @@ where
                     .is_some_and(|shared| this.timer.poll(shared.time_limit(), cx));
                 if expired {
                     return expire(this);
+                }
+                let ending = *this.ending;
+                let reached_now = !this.side.is_complete()
+                    && this
+                        .side
+                        .shared()
+                        .is_some_and(|shared| this.reach.poll(ending, &shared.config.drain, cx));
+                if reached_now {
+                    return reached(this);
                 }
             }
             Poll::Ready(Some(Ok(frame))) => {

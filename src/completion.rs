@@ -51,6 +51,7 @@ pub struct Completion {
     pub(crate) body_error: bool,
     pub(crate) service_error: bool,
     pub(crate) cancelled: bool,
+    pub(crate) shutdown: bool,
     pub(crate) continued: bool,
     pub(crate) detach_refused: bool,
     pub(crate) grpc_status: Option<i32>,
@@ -152,6 +153,22 @@ impl Completion {
     /// [`ABORTED`](ConnectionStatus::ABORTED).
     pub fn cancelled(&self) -> bool {
         self.cancelled
+    }
+
+    /// Whether the shutdown changed how this request ended
+    /// ([`Drain`](crate::Drain)): its stream was ended when the shutdown
+    /// began (Server-Sent Events: status
+    /// [`NORMAL`](ConnectionStatus::NORMAL); gRPC: [`grpc_status`](Self::grpc_status)
+    /// 14), or the end of the grace cut it (a body, a handler, continued
+    /// work: status [`TIMEOUT`](ConnectionStatus::TIMEOUT)). This is what
+    /// tells a cut by the shutdown from the request's own time limit.
+    ///
+    /// A request that merely ran during the shutdown and ended on its own
+    /// (a handler that answered early because it awaited
+    /// [`Lifecycle::shutting_down`](crate::Lifecycle::shutting_down)
+    /// included) reads false: the layer did not change its end.
+    pub fn shutdown(&self) -> bool {
+        self.shutdown
     }
 
     /// Whether the request's work continued after the client left, because

@@ -1,13 +1,18 @@
-//! Graceful shutdown: [`Drain`] waits for every lifecycle in flight, then
-//! cancels what is left so that no hook is lost.
+//! Graceful shutdown: [`Drain`] begins it (streams end, handlers learn),
+//! waits for every lifecycle in flight, then cuts what is left so that no
+//! hook is lost.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::rollout::{OnSignal, Readiness};
+use crate::shutdown::ShuttingDown;
 
 /// State shared by a layer, its clones, every service it built and every
 /// lifecycle they started.
@@ -15,11 +20,17 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct DrainState {
     /// One token per lifecycle, held until its last hook returned.
     pub(crate) tracker: TaskTracker,
+    /// Cancelled when the shutdown begins ([`Drain::begin`]): streams end,
+    /// handlers awaiting `shutting_down()` wake.
+    pub(crate) begun: CancellationToken,
     /// Cancelled by [`Drain::shutdown`] once the grace period is over.
     pub(crate) cancel: CancellationToken,
+    /// [`Readiness`](crate::Readiness) answers 503 from now on.
+    pub(crate) unready: AtomicBool,
     /// Aborted requests whose work continues right now (ignore-abort).
     pub(crate) detached: AtomicUsize,
-    /// Lifecycles whose continued work the shutdown cancelled.
+    /// Lifecycles the end of the grace cut (continued work, a body, a
+    /// handler).
     pub(crate) cancelled: AtomicUsize,
 }
 
@@ -35,6 +46,32 @@ pub(crate) struct DrainState {
 /// leaves the count after its last hook and the layer's `on_complete`
 /// returned.
 ///
+/// # A shutdown in two steps
+///
+/// The shutdown **begins** ([`begin`](Self::begin), at once, never waits):
+/// handlers awaiting [`Lifecycle::shutting_down`](crate::Lifecycle::shutting_down)
+/// wake, and the layer ends the streams that have a protocol for "go
+/// elsewhere":
+///
+/// - Server-Sent Events (`content-type: text/event-stream`) end cleanly at
+///   once: the chunked terminator over HTTP/1.1, `END_STREAM` over HTTP/2.
+///   A browser's `EventSource` reconnects after its `retry` delay (3 s by
+///   default; the server can send `retry: <ms>`), to another server or to
+///   this one once it is back. [`Completion::status`](crate::Completion::status)
+///   stays `normal`, [`Completion::shutdown`](crate::Completion::shutdown)
+///   is true.
+/// - gRPC responses still streaming end with trailers `grpc-status: 14`
+///   (UNAVAILABLE), which clients retry on another server;
+///   [`Completion::grpc_status`](crate::Completion::grpc_status) shows 14.
+///
+/// Then it **drains** ([`shutdown`](Self::shutdown)): everything else in
+/// flight gets `grace` to finish. When the grace runs out, a response body
+/// still streaming is cut with [`ServerShutdown`](crate::ServerShutdown) (an
+/// error: the client sees a failed response, never a short one that looks
+/// complete), a handler still running is dropped and answered 503 (gRPC:
+/// UNAVAILABLE), and continued work is cancelled; all of them end
+/// [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) with `shutdown()` true.
+///
 /// # Example
 ///
 /// ```no_run
@@ -47,15 +84,23 @@ pub(crate) struct DrainState {
 /// let drain = layer.drain();
 /// let app: Router = Router::new().route("/", post(|| async { "ok" })).layer(layer);
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+/// // On Ctrl-C: begin (streams end, axum stops accepting), then give what
+/// // is left 30 s and cut the rest.
+/// let signal = async { tokio::signal::ctrl_c().await.unwrap() };
+/// let stop = tokio::spawn(drain.on_signal(signal).grace(Duration::from_secs(30)).into_future());
 /// axum::serve(listener, app)
-///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
+///     .with_graceful_shutdown(drain.begun())
 ///     .await
 ///     .unwrap();
-/// // The server stopped taking requests; let the work it started finish.
-/// let report = drain.shutdown(Duration::from_secs(30)).await;
+/// let report = stop.await.unwrap();
 /// println!("{} finished, {} cancelled", report.finished(), report.cancelled());
 /// # }
 /// ```
+///
+/// [`on_signal`](Self::on_signal) does the steps of a rolling deploy in
+/// order: [`readiness`](Self::readiness) answers 503 first, for a delay
+/// that lets the load balancer stop sending; then the shutdown begins and
+/// drains.
 #[derive(Clone)]
 pub struct Drain {
     state: Arc<DrainState>,
@@ -64,6 +109,88 @@ pub struct Drain {
 impl Drain {
     pub(crate) fn new(state: Arc<DrainState>) -> Self {
         Drain { state }
+    }
+
+    /// Begins the shutdown: at once, without waiting, and once (calling it
+    /// again does nothing). [`readiness`](Self::readiness) answers 503 from
+    /// now on, [`begun`](Self::begun) and every
+    /// [`Lifecycle::shutting_down`](crate::Lifecycle::shutting_down)
+    /// resolve, and Server-Sent Events and gRPC streams in flight end (see
+    /// [the type's docs](Self#a-shutdown-in-two-steps)). Nothing else is
+    /// cut: that is [`shutdown`](Self::shutdown)'s grace.
+    pub fn begin(&self) {
+        if !self.state.begun.is_cancelled() {
+            tracing::debug!(
+                in_flight = self.in_flight(),
+                "tower_lifecycle: the shutdown begins"
+            );
+        }
+        self.set_unready();
+        self.state.begun.cancel();
+    }
+
+    /// Whether the shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.state.begun.is_cancelled()
+    }
+
+    /// Resolves once the shutdown began, at once if it already has
+    /// (`Send + 'static`): the future for axum's `with_graceful_shutdown`
+    /// or hyper-util's `GracefulShutdown` when something else begins it.
+    pub fn begun(&self) -> ShuttingDown {
+        ShuttingDown::new(&self.state.begun)
+    }
+
+    /// Awaits `signal`, then [`begin`](Self::begin)s: the one-line
+    /// `with_graceful_shutdown(drain.begin_on(ctrl_c))`. Bodies other than
+    /// SSE and gRPC are left to the server then; to cut them after a grace,
+    /// run [`on_signal`](Self::on_signal) (or [`shutdown`](Self::shutdown))
+    /// beside the server instead.
+    pub fn begin_on<F>(&self, signal: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future + Send + 'static,
+    {
+        let drain = self.clone();
+        async move {
+            signal.await;
+            drain.begin();
+        }
+    }
+
+    /// The steps of a stop, started by `signal`: readiness answers 503, a
+    /// delay (none by default) lets load balancers notice, then
+    /// [`shutdown`](Self::shutdown) with a grace (30 s by default). Await
+    /// it (it is [`IntoFuture`]) beside the server, whose graceful shutdown
+    /// waits on [`begun`](Self::begun).
+    pub fn on_signal<F: Future>(&self, signal: F) -> OnSignal<F> {
+        OnSignal {
+            drain: self.clone(),
+            signal,
+            unready_for: Duration::ZERO,
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// A tower service for readiness probes (Kubernetes `readinessProbe`,
+    /// a load balancer's health check): `200 ready` until the stop starts
+    /// ([`set_unready`](Self::set_unready), [`begin`](Self::begin)), `503
+    /// shutting down` after. In axum: `.route_service("/ready",
+    /// drain.readiness())`.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.state.clone())
+    }
+
+    /// Readiness answers 503 from now on; nothing else changes (the
+    /// requests the server still gets are served as usual).
+    pub fn set_unready(&self) {
+        // Relaxed: a flag read by probes on its own; nothing is published
+        // with it.
+        self.state.unready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`readiness`](Self::readiness) answers 200.
+    pub fn is_ready(&self) -> bool {
+        !self.state.unready.load(Ordering::Relaxed)
     }
 
     /// How many lifecycles have not ended yet.
@@ -84,22 +211,26 @@ impl Drain {
         tracker.wait().await;
     }
 
-    /// Waits up to `grace` for every lifecycle to end, then cancels the
-    /// continued work that is left (work from
+    /// [`begin`](Self::begin)s the shutdown if it has not begun, waits up
+    /// to `grace` for every lifecycle to end, then cuts what is left: a
+    /// response body still streaming ends with
+    /// [`ServerShutdown`](crate::ServerShutdown), a handler still running
+    /// is answered 503 (gRPC: UNAVAILABLE), continued work (from
     /// [`spawn`](crate::Lifecycle::spawn),
     /// [`after_response`](crate::Lifecycle::after_response) and
-    /// ignore-abort), sets [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) on
-    /// those lifecycles, and waits for their hooks to run.
+    /// ignore-abort) is cancelled; those lifecycles end
+    /// [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT) with
+    /// [`Completion::shutdown`](crate::Completion::shutdown) set. Then it
+    /// waits for their hooks.
     ///
-    /// The hooks of cancelled lifecycles get a second `grace` to finish;
-    /// what is still in flight after that (an async hook that never ends,
-    /// a request the server still owns) is reported in
-    /// [`ShutdownReport::remaining`] and left alone.
-    ///
-    /// Requests still owned by the server (a handler or a body hyper is
-    /// still polling) are the server's to end: stop it first. After a
-    /// shutdown, continued work that starts is cancelled at once.
+    /// The hooks of cut lifecycles get a second `grace` to finish; what is
+    /// still in flight after that (an async hook that never ends, a
+    /// response hyper stopped polling) is reported in
+    /// [`ShutdownReport::remaining`] and left alone. Run it beside the
+    /// server (its graceful shutdown waits for the responses this cuts).
+    /// After a shutdown, continued work that starts is cancelled at once.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.begin();
         let before = self.in_flight();
         let cancelled_before = self.state.cancelled.load(Ordering::Acquire);
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
@@ -130,6 +261,7 @@ impl fmt::Debug for Drain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
             .field("in_flight", &self.in_flight())
+            .field("shutting_down", &self.is_shutting_down())
             .field("cancelled", &self.state.cancel.is_cancelled())
             .finish()
     }
@@ -149,8 +281,10 @@ impl ShutdownReport {
         self.finished
     }
 
-    /// Lifecycles whose continued work was cancelled when the grace period
-    /// ran out (their status has [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT)).
+    /// Lifecycles the end of the grace period cut: continued work
+    /// cancelled, a body still streaming or a handler still running (their
+    /// status has [`TIMEOUT`](crate::ConnectionStatus::TIMEOUT), their
+    /// [`Completion::shutdown`](crate::Completion::shutdown) is true).
     pub fn cancelled(&self) -> usize {
         self.cancelled
     }

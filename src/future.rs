@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::Response;
+use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::continuation::{end_in_drop, Detach, Inner};
@@ -18,6 +18,7 @@ use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
+use crate::shutdown::{shutdown_head, Ending, Reach};
 use crate::state::End;
 use crate::tally::Bodiless;
 use crate::timeout::timeout_head;
@@ -50,6 +51,8 @@ pin_project! {
         grpc: bool,
         // The connection's watch, if the request carried one.
         connection: Option<Waiting>,
+        // Its wait on the end of a shutdown's grace.
+        reach: Reach,
         // Set while the inner future is being polled: still set in `drop`
         // means its `poll` panicked.
         polling: bool,
@@ -98,6 +101,7 @@ impl<F> ResponseFuture<F> {
             bodiless,
             grpc,
             connection,
+            reach: Reach::default(),
             polling: false,
         }
     }
@@ -151,6 +155,28 @@ where
                 shared.response_done(End {
                     response_status: Some(response.status()),
                     grpc_status: grpc::status(response.headers()),
+                    ..End::handler()
+                });
+                return Poll::Ready(Ok(response));
+            }
+            if this.reach.poll(Ending::Cut, &shared.config.drain, cx) {
+                // The shutdown's grace ran out: cancel the handler, then
+                // answer for it.
+                this.inner.set(Inner::Gone);
+                let (shared, _) = this.side.take().expect("checked above");
+                shared.cancelled_by_shutdown();
+                let status = if *this.grpc {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let response = shutdown_head(*this.grpc)
+                    .body(LifecycleBody::empty(status))
+                    .expect("a valid shutdown response");
+                shared.response_done(End {
+                    response_status: Some(response.status()),
+                    grpc_status: grpc::status(response.headers()),
+                    shutdown: true,
                     ..End::handler()
                 });
                 return Poll::Ready(Ok(response));

@@ -97,6 +97,29 @@ pub(crate) fn deadline_exceeded_head() -> http::response::Builder {
         .header("grpc-message", HeaderValue::from_static(GRPC_MESSAGE))
 }
 
+/// `grpc-status` 14: the server is going away; clients retry elsewhere.
+pub(crate) const UNAVAILABLE: i32 = 14;
+
+const SHUTDOWN_MESSAGE: &str = "the%20server%20is%20shutting%20down";
+
+/// The trailers a streaming gRPC response ends with when the shutdown
+/// begins: UNAVAILABLE, which clients retry on another server.
+pub(crate) fn unavailable_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    trailers.insert("grpc-message", HeaderValue::from_static(SHUTDOWN_MESSAGE));
+    trailers
+}
+
+/// A trailers-only gRPC answer: UNAVAILABLE, the server is shutting down.
+pub(crate) fn unavailable_head() -> http::response::Builder {
+    http::Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+        .header("grpc-status", HeaderValue::from_static("14"))
+        .header("grpc-message", HeaderValue::from_static(SHUTDOWN_MESSAGE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

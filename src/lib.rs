@@ -17,7 +17,9 @@ mod layer;
 mod lifecycle;
 mod panic;
 mod response_side;
+mod rollout;
 mod service;
+mod shutdown;
 mod state;
 mod status;
 mod streaming;
@@ -36,11 +38,13 @@ pub use crate::future::ResponseFuture;
 pub use crate::layer::LifecycleLayer;
 pub use crate::lifecycle::Lifecycle;
 pub use crate::panic::install_panic_hook;
+pub use crate::rollout::{OnSignal, Readiness};
 pub use crate::service::LifecycleService;
+pub use crate::shutdown::{ServerShutdown, ShuttingDown};
 pub use crate::status::ConnectionStatus;
 pub use crate::streaming::no_buffering;
 pub use crate::timeout::TimedOut;
 
-/// The error type of [`LifecycleBody`]: the inner body's error, or
-/// [`TimedOut`].
+/// The error type of [`LifecycleBody`]: the inner body's error,
+/// [`TimedOut`], or [`ServerShutdown`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

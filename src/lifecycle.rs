@@ -9,6 +9,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::hook::Hook;
+use crate::shutdown::ShuttingDown;
 use crate::state::Shared;
 use crate::Completion;
 use crate::ConnectionStatus;
@@ -76,6 +77,24 @@ impl Lifecycle {
     pub fn aborted(&self) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.shared.clone();
         async move { shared.until_aborted().await }
+    }
+
+    /// Whether the server's shutdown began ([`Drain::begin`](crate::Drain::begin)).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.config.drain.begun.is_cancelled()
+    }
+
+    /// A future that resolves once the server's shutdown began
+    /// ([`Drain::begin`](crate::Drain::begin)), at once if it already has.
+    /// `Send + 'static`: it owns what it waits on.
+    ///
+    /// For work that can end early: a long-poll answers now, a job
+    /// checkpoints, a stream ends itself
+    /// (`stream.take_until(lifecycle.shutting_down())`). The layer already
+    /// ends Server-Sent Events and gRPC streams when the shutdown begins;
+    /// other responses are left to finish within the drain's grace.
+    pub fn shutting_down(&self) -> ShuttingDown {
+        ShuttingDown::new(&self.shared.config.drain.begun)
     }
 
     /// Sets this request's time limit, restarting the clock from now, like

@@ -75,7 +75,8 @@ pub(crate) struct State {
     pub(crate) detached: bool,
     /// Ignore-abort was on but the request could not continue.
     pub(crate) refused: bool,
-    /// Some continued work of this request was cancelled by a shutdown.
+    /// The end of a shutdown's grace cut this request (its continued work,
+    /// its body or its handler).
     pub(crate) shutdown_cancelled: bool,
     /// Counts this lifecycle in the layer's `Drain`.
     pub(crate) token: Option<TaskTrackerToken>,
@@ -92,6 +93,9 @@ pub(crate) struct End {
     pub(crate) service_error: bool,
     /// Dropped by the server while its client was still there.
     pub(crate) cancelled: bool,
+    /// Ended by the shutdown (a stream ended when it began, a body or a
+    /// handler cut when its grace ran out).
+    pub(crate) shutdown: bool,
     pub(crate) grpc_status: Option<i32>,
 }
 
@@ -105,6 +109,7 @@ impl End {
             body_error: false,
             service_error: false,
             cancelled: false,
+            shutdown: false,
             grpc_status: None,
         }
     }
@@ -287,6 +292,7 @@ impl Shared {
                 body_error: end.body_error,
                 service_error: end.service_error,
                 cancelled: end.cancelled,
+                shutdown: end.shutdown || state.shutdown_cancelled,
                 grpc_status: end.grpc_status,
                 continued: state.detached,
                 detach_refused: state.refused,

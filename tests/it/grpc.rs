@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::Code;
 use tower_lifecycle::watch::ConnectionWatch;
-use tower_lifecycle::{ConnectionStatus, LifecycleLayer, Phase};
+use tower_lifecycle::{ConnectionStatus, Drain, LifecycleLayer, Phase};
 
 use common::{within, Completions};
 use jobs::{Event, JobRequest, Jobs, JobsClient, Progress};
@@ -29,19 +29,32 @@ struct Server {
     addr: SocketAddr,
     done: Completions,
     events: mpsc::UnboundedReceiver<Event>,
+    /// The layer's drain; tonic's graceful shutdown waits on its beginning.
+    drain: Drain,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Server {
     async fn start(configure: impl FnOnce(LifecycleLayer) -> LifecycleLayer) -> Self {
         let (layer, done) = common::layer();
+        let layer = configure(layer);
+        let drain = layer.drain();
         let (tx, events) = mpsc::unbounded_channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = tonic::transport::Server::builder()
-            .layer(configure(layer))
+            .layer(layer)
             .add_service(Jobs::with_events(tx));
-        tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
-        Server { addr, done, events }
+        let served = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain.begun()),
+        );
+        Server {
+            addr,
+            done,
+            events,
+            drain,
+            served,
+        }
     }
 
     async fn client(&self) -> JobsClient {
@@ -272,12 +285,21 @@ async fn a_watched_tonic_server_hands_each_call_its_watch_and_its_peer() {
         ));
         req
     };
+    let drain = layer.drain();
     let router = tonic::transport::Server::builder()
         .layer(watched::layer(layer))
         .layer(tower::util::MapRequestLayer::new(probe))
         .add_service(Jobs::with_events(tx));
-    tokio::spawn(router.serve_with_incoming(watched::incoming(listener)));
-    let mut server = Server { addr, done, events };
+    let served = tokio::spawn(
+        router.serve_with_incoming_shutdown(watched::incoming(listener), drain.begun()),
+    );
+    let mut server = Server {
+        addr,
+        done,
+        events,
+        drain,
+        served,
+    };
 
     let mut client = server.client().await;
     let reply = within("the reply", client.run(job(1, 1))).await.unwrap();
@@ -294,4 +316,38 @@ async fn a_watched_tonic_server_hands_each_call_its_watch_and_its_peer() {
     let done = server.done.next().await;
     assert_eq!(done.status(), ConnectionStatus::ABORTED);
     assert_eq!(done.phase(), Phase::Handler);
+}
+
+#[tokio::test]
+async fn a_stream_open_when_the_shutdown_begins_ends_unavailable_and_the_server_stops() {
+    let mut server = Server::start(|l| l).await;
+    let mut client = server.client().await;
+    let mut stream = open_stream(&mut client, job(1000, 20)).await;
+    let first = within("a message", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.step, 1);
+    server.drain.begin();
+    let status = loop {
+        match within("the end of the stream", stream.message()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK: the client would not retry"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    drop((stream, client));
+    within("tonic to stop", &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = server.done.next().await;
+    assert_eq!(
+        (done.status(), done.phase()),
+        (ConnectionStatus::NORMAL, Phase::Body)
+    );
+    assert_eq!((done.grpc_status(), done.shutdown()), (Some(14), true));
+    assert!(server.finished().await < 1000, "the producer stopped");
+    server.done.assert_none();
 }

@@ -16,6 +16,7 @@ mod matrix;
 mod no_false_abort;
 mod progress_stream;
 mod real_stacks;
+mod shutdown;
 mod state;
 mod time_limit;
 mod watch;

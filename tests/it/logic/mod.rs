@@ -12,6 +12,7 @@ mod extractor;
 mod hooks;
 mod outcomes;
 mod panics;
+mod shutdown;
 mod time_limit;
 
 use std::convert::Infallible;

@@ -1,0 +1,259 @@
+//! The shutdown reaching requests in flight, over real sockets:
+//! `axum::serve(..).with_graceful_shutdown(drain.begun())` beside
+//! `drain.shutdown(grace)`, HTTP/1.1 and HTTP/2. Server-Sent Events end
+//! cleanly when the shutdown begins, a handler awaiting `shutting_down()`
+//! answers, slow work finishes within the grace, what is left is cut, serve
+//! returns, and every hook runs once saying whether the shutdown ended it.
+//! Then the steps of a rolling deploy, and a thousand open streams.
+
+use crate::common;
+
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tower_lifecycle::{Completion, ConnectionStatus, Drain, Lifecycle, LifecycleLayer, Phase};
+
+use common::{within, Client, Proto, BOTH};
+
+/// Ticks every 20 ms, for ever.
+fn ticks() -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(0u64, |n| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
+    })
+}
+
+/// What each route's hook reports: the route and its completion.
+type Ended = mpsc::UnboundedSender<(&'static str, Completion)>;
+/// Which handler started.
+type Started = mpsc::UnboundedSender<&'static str>;
+
+/// Registers a hook that reports `route`'s completion, and says the handler
+/// started.
+fn report(lifecycle: &Lifecycle, route: &'static str, ended: &Ended, started: &Started) {
+    let ended = ended.clone();
+    lifecycle.on_shutdown(move |c| {
+        let _ = ended.send((route, c.clone()));
+    });
+    let _ = started.send(route);
+}
+
+/// The routes of the big test, each a kind of request in flight when the
+/// shutdown begins.
+fn app(layer: LifecycleLayer, ended: Ended, started: Started) -> Router {
+    let (e, s) = (ended.clone(), started.clone());
+    let sse = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "sse", &e, &s);
+        async move { Sse::new(ticks()) }
+    };
+    let (e, s) = (ended.clone(), started.clone());
+    let long_poll = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "long_poll", &e, &s);
+        async move {
+            lifecycle.shutting_down().await;
+            "bye"
+        }
+    };
+    let (e, s) = (ended.clone(), started.clone());
+    let slow = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "slow", &e, &s);
+        async move {
+            lifecycle.shutting_down().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "done"
+        }
+    };
+    let (e, s) = (ended.clone(), started.clone());
+    let download = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "download", &e, &s);
+        async move {
+            // One chunk, then nothing: an open-ended body that is not SSE.
+            let chunks = stream::once(async { Ok::<_, Infallible>(Bytes::from("part 1")) })
+                .chain(stream::pending());
+            axum::body::Body::from_stream(chunks)
+        }
+    };
+    let (e, s) = (ended.clone(), started.clone());
+    let after = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "after", &e, &s);
+        let shutting_down = lifecycle.shutting_down();
+        lifecycle.after_response(async move {
+            shutting_down.await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        async { "accepted" }
+    };
+    let (e, s) = (ended, started);
+    let stuck = move |lifecycle: Lifecycle| {
+        report(&lifecycle, "stuck", &e, &s);
+        async move {
+            std::future::pending::<()>().await;
+            "never"
+        }
+    };
+    Router::new()
+        .route("/sse", get(sse))
+        .route("/long_poll", get(long_poll))
+        .route("/slow", get(slow))
+        .route("/download", get(download))
+        .route("/after", get(after))
+        .route("/stuck", get(stuck))
+        .layer(layer)
+}
+
+/// Serves `app` with `axum::serve`, its graceful shutdown waiting on the
+/// drain's beginning.
+async fn serve(
+    app: Router,
+    drain: &Drain,
+) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = axum::serve(listener, app).with_graceful_shutdown(drain.begun());
+    (addr, tokio::spawn(server.into_future()))
+}
+
+/// Sends a GET on a connection of its own; the response, in a task.
+fn request(
+    addr: SocketAddr,
+    proto: Proto,
+    path: &'static str,
+) -> tokio::task::JoinHandle<http::Response<hyper::body::Incoming>> {
+    tokio::spawn(async move {
+        let (mut client, _conn) = Client::connect(addr, proto).await;
+        client
+            .send(common::get(path))
+            .await
+            .expect("a response head")
+    })
+}
+
+#[tokio::test]
+async fn the_shutdown_ends_streams_answers_waiters_and_cuts_what_the_grace_leaves() {
+    for proto in BOTH {
+        let layer = LifecycleLayer::new();
+        let drain = layer.drain();
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let (addr, server) = serve(app(layer, ended_tx, started_tx), &drain).await;
+
+        let sse = request(addr, proto, "/sse");
+        let long_poll = request(addr, proto, "/long_poll");
+        let slow = request(addr, proto, "/slow");
+        let download = request(addr, proto, "/download");
+        let stuck = request(addr, proto, "/stuck");
+        let after = within("the after route", request(addr, proto, "/after"))
+            .await
+            .unwrap();
+        assert_eq!(common::read_all(after).await, "accepted");
+        for _ in 0..6 {
+            within("every handler to start", started.recv())
+                .await
+                .unwrap();
+        }
+        let mut sse = within("the SSE head", sse).await.unwrap().into_body();
+        let first = within("the first event", sse.frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            first
+                .data_ref()
+                .is_some_and(|d| d.starts_with(b"data: tick")),
+            "{proto:?}: {first:?}"
+        );
+        let mut download = within("the download head", download)
+            .await
+            .unwrap()
+            .into_body();
+        common::read_exactly(&mut download, "part 1").await;
+        assert!(!drain.is_shutting_down());
+
+        // The shutdown begins: the SSE stream ends cleanly (no error) and
+        // the long poll is answered, with nothing cut yet.
+        drain.begin();
+        let rest = within("the SSE stream to end", sse.collect()).await;
+        assert!(
+            rest.is_ok(),
+            "{proto:?}: the SSE stream ended with an error: {rest:?}"
+        );
+        let bye = within("the long poll", long_poll).await.unwrap();
+        assert_eq!(common::read_all(bye).await, "bye", "{proto:?}");
+        let mut seen = std::collections::BTreeMap::new();
+        let mut hook = async || {
+            let (route, c) = within("a hook", ended.recv()).await.unwrap();
+            assert!(
+                seen.insert(route, c).is_none(),
+                "{proto:?}: {route}'s hook ran twice"
+            );
+        };
+        hook().await;
+        hook().await;
+        assert!(
+            !stuck.is_finished(),
+            "{proto:?}: nothing is cut when the shutdown begins"
+        );
+
+        // The drain: slow work finishes within the grace; past it, the
+        // download fails (never a short success) and the stuck handler is
+        // answered 503.
+        let grace = Duration::from_millis(600);
+        let shutdown = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.shutdown(grace).await }
+        });
+        let done = within("the slow request", slow).await.unwrap();
+        assert_eq!(common::read_all(done).await, "done", "{proto:?}");
+        let cut = within("the download to be cut", download.collect()).await;
+        assert!(
+            cut.is_err(),
+            "{proto:?}: a cut download must fail, got {cut:?}"
+        );
+        let stuck = within("the stuck request", stuck).await.unwrap();
+        assert_eq!(stuck.status(), StatusCode::SERVICE_UNAVAILABLE, "{proto:?}");
+
+        within("axum::serve to return", server)
+            .await
+            .unwrap()
+            .unwrap();
+        let report = within("the shutdown report", shutdown).await.unwrap();
+        assert_eq!(
+            (report.finished(), report.cancelled(), report.remaining()),
+            (2, 2, 0),
+            "{proto:?}: {report:?} (slow and after finished; download and stuck cut)"
+        );
+        for _ in 0..4 {
+            hook().await;
+        }
+        let expect = |route: &str, status: ConnectionStatus, phase: Phase, shutdown: bool| {
+            let c = &seen[route];
+            assert_eq!(
+                (c.status(), c.phase(), c.shutdown()),
+                (status, phase, shutdown),
+                "{proto:?} {route}: {c:?}"
+            );
+        };
+        expect("sse", ConnectionStatus::NORMAL, Phase::Body, true);
+        expect("long_poll", ConnectionStatus::NORMAL, Phase::Body, false);
+        expect("slow", ConnectionStatus::NORMAL, Phase::Body, false);
+        expect("after", ConnectionStatus::NORMAL, Phase::Continued, false);
+        expect("download", ConnectionStatus::TIMEOUT, Phase::Body, true);
+        expect("stuck", ConnectionStatus::TIMEOUT, Phase::Handler, true);
+        assert_eq!(
+            seen["stuck"].response_status(),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert!(ended.try_recv().is_err(), "{proto:?}: a hook ran twice");
+        assert_eq!(drain.in_flight(), 0);
+    }
+}
