@@ -25,12 +25,28 @@ use tower_lifecycle::{Completion, ConnectionStatus, Drain, Lifecycle, LifecycleL
 
 use common::{within, Client, Proto, BOTH};
 
-/// Ticks every 20 ms, for ever.
-fn ticks() -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(0u64, |n| async move {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Ticks every `every`, for ever.
+fn ticks_every(every: Duration) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(0u64, move |n| async move {
+        tokio::time::sleep(every).await;
         Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
     })
+}
+
+/// Ticks every 20 ms, for ever.
+fn ticks() -> impl Stream<Item = Result<Event, Infallible>> {
+    ticks_every(Duration::from_millis(20))
+}
+
+/// Reads the next frame of an event stream; checks it is an event.
+async fn next_event(body: &mut hyper::body::Incoming) {
+    let frame = within("an event", body.frame()).await.unwrap().unwrap();
+    assert!(
+        frame
+            .data_ref()
+            .is_some_and(|d| d.starts_with(b"data: tick")),
+        "{frame:?}"
+    );
 }
 
 /// What each route's hook reports: the route and its completion.
@@ -256,4 +272,131 @@ async fn the_shutdown_ends_streams_answers_waiters_and_cuts_what_the_grace_leave
         assert!(ended.try_recv().is_err(), "{proto:?}: a hook ran twice");
         assert_eq!(drain.in_flight(), 0);
     }
+}
+
+#[tokio::test]
+async fn a_rolling_stop_goes_unready_keeps_serving_then_ends_streams_and_refuses() {
+    let layer = LifecycleLayer::new();
+    let drain = layer.drain();
+    let app = Router::new()
+        .route("/sse", get(|| async { Sse::new(ticks()) }))
+        .route("/hello", get(|| async { "hello" }))
+        .layer(layer)
+        .route_service("/ready", drain.readiness());
+    let (addr, server) = serve(app, &drain).await;
+    let ask = |path: &'static str| async move {
+        let res = within(path, request(addr, Proto::Http1, path))
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, common::read_all(res).await)
+    };
+    assert_eq!(
+        ask("/ready").await,
+        (StatusCode::OK, Bytes::from("ready\n"))
+    );
+    let mut sse = within("the SSE head", request(addr, Proto::Http1, "/sse"))
+        .await
+        .unwrap()
+        .into_body();
+    next_event(&mut sse).await;
+
+    let (signal, on) = tokio::sync::oneshot::channel::<()>();
+    let steps = drain
+        .on_signal(async move {
+            let _ = on.await;
+        })
+        .unready_for(Duration::from_secs(2))
+        .grace(Duration::from_secs(1));
+    let stop = tokio::spawn(steps.into_future());
+    signal.send(()).unwrap();
+    // 1. Readiness says 503 at once; nothing else changed.
+    within("readiness to say 503", async {
+        while ask("/ready").await.0 != StatusCode::SERVICE_UNAVAILABLE {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // 2. During the delay, requests are still served and streams flow.
+    assert_eq!(ask("/hello").await, (StatusCode::OK, Bytes::from("hello")));
+    next_event(&mut sse).await;
+    assert!(
+        !drain.is_shutting_down(),
+        "the shutdown began before the delay was over"
+    );
+    // 3. Then the shutdown begins: the stream ends cleanly...
+    let rest = within("the SSE stream to end", sse.collect()).await;
+    assert!(rest.is_ok(), "{rest:?}");
+    assert!(drain.is_shutting_down());
+    // 4. ... the server stops, and new connections are refused.
+    within("axum::serve to return", server)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = within("the report", stop).await.unwrap();
+    assert_eq!(
+        (report.cancelled(), report.remaining()),
+        (0, 0),
+        "{report:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopped server refuses connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_open_event_streams_all_end_and_serve_returns() {
+    const CONNECTIONS: usize = 10;
+    const PER_CONNECTION: usize = 100;
+    let (layer, mut done) = common::layer();
+    let drain = layer.drain();
+    let app = Router::new()
+        .route(
+            "/sse",
+            get(|| async { Sse::new(ticks_every(Duration::from_millis(200))) }),
+        )
+        .layer(layer);
+    let (addr, server) = serve(app, &drain).await;
+    // HTTP/2: a thousand streams on ten connections (a thousand HTTP/1.1
+    // connections would need two thousand descriptors in this process).
+    let mut streams = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (mut client, _conn) = Client::connect(addr, Proto::Http2).await;
+        for _ in 0..PER_CONNECTION {
+            let res = within("an SSE head", client.send(common::get("/sse")))
+                .await
+                .unwrap();
+            streams.push(res.into_body());
+        }
+    }
+    for stream in &mut streams {
+        next_event(stream).await;
+    }
+    assert_eq!(drain.in_flight(), CONNECTIONS * PER_CONNECTION);
+
+    drain.begin();
+    let ends = streams
+        .into_iter()
+        .map(|body| async move { body.collect().await.is_ok() });
+    let clean = within("every stream to end", futures_util::future::join_all(ends)).await;
+    assert_eq!(
+        clean.iter().filter(|ok| **ok).count(),
+        CONNECTIONS * PER_CONNECTION,
+        "every stream ends cleanly"
+    );
+    within("axum::serve to return", server)
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..CONNECTIONS * PER_CONNECTION {
+        let c = done.next().await;
+        assert_eq!(
+            (c.status(), c.shutdown()),
+            (ConnectionStatus::NORMAL, true),
+            "{c:?}"
+        );
+    }
+    done.assert_none();
+    assert_eq!(drain.in_flight(), 0);
 }
