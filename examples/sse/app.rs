@@ -42,15 +42,20 @@ const names = ["connecting", "open", "closed"];
 const es = new EventSource("/events");
 let opens = 0;
 const show = () => { document.getElementById("state").textContent = names[es.readyState]; };
-es.onopen = () => { opens += 1; document.getElementById("opens").textContent = opens; show(); };
+es.onopen = () => {
+  opens += 1;
+  document.getElementById("opens").textContent = opens;
+  document.getElementById("last").textContent = "none since this connection opened";
+  show();
+};
 es.onerror = show;
 es.addEventListener("tick", (e) => { document.getElementById("last").textContent = e.data; show(); });
 setInterval(show, 50);
 </script>
 "#;
 
-/// The routes: `/` (the page), `/events` (the feed, through the layer),
-/// `/ready` (the readiness probe, outside it). `port` is the server's own,
+/// The routes: `/` (the page), `/events` (the feed, the one route through
+/// the layer), `/ready` (the readiness probe). `port` is the server's own,
 /// shown in each event.
 pub fn router(layer: LifecycleLayer, drain: &Drain, port: u16, every: Duration) -> Router {
     let events = move |lifecycle: Lifecycle| async move {
@@ -68,8 +73,7 @@ pub fn router(layer: LifecycleLayer, drain: &Drain, port: u16, every: Duration) 
             .keep_alive(KeepAlive::default())
     };
     Router::new()
-        .route("/events", get(events))
-        .layer(layer)
+        .route("/events", get(events).layer(layer))
         .route("/", get(|| async { Html(PAGE) }))
         .route_service("/ready", drain.readiness())
 }

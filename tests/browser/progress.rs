@@ -1,7 +1,5 @@
-//! The progress demo (`examples/progress`) in a real browser: headless
-//! Chromium, driven through chromedriver, opens the demo's page served on
-//! 127.0.0.1:0 and uses it as a person would, one job after another in one
-//! session:
+//! The progress demo (`examples/progress`) in Chromium, one job after
+//! another in one session:
 //!
 //! 1. a job that runs to the end: the progress bar takes several increasing
 //!    values while it runs, the page says `done`, and the outcomes panel
@@ -11,104 +9,20 @@
 //!    `aborted` with every step done;
 //! 4. a job longer than its time limit: the panel says `timeout` with fewer
 //!    steps, and the page shows the failed response.
-//!
-//! It needs /usr/bin/chromium and /usr/bin/chromedriver (Debian's
-//! `chromium chromium-driver` packages). Without them the test is reported
-//! `ignored`, not passed, with a note on stderr saying what to install;
-//! when the `CI` environment variable is set it fails instead. This file
-//! has a harness of its own (`harness = false`, libtest-mimic) because the
-//! built-in one cannot decide at run time that a test is ignored. Run with
-//! `-- --ignored` without the binaries, the test fails saying what is
-//! missing.
-//!
-//! While the last job runs, the test takes a screenshot of the page. It is
-//! written to the OS temporary directory; to refresh the one in the docs,
-//! run
-//!
-//! ```text
-//! UPDATE_SCREENSHOT=1 cargo test --test browser
-//! ```
-//!
-//! which writes it to `docs/progress.png`.
 
-#[path = "../examples/progress/app.rs"]
+#[path = "../../examples/progress/app.rs"]
 mod app;
 
 use std::fmt;
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::path::Path;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
-use libtest_mimic::{Arguments, Failed, Trial};
+use fantoccini::{Client, Locator};
 use serde::Deserialize;
-use tokio::time::Instant;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+use crate::chromium::{click, poll_page, with_session, within, POLL};
 
-/// How long the test waits for any one thing (a browser command, a
-/// condition on the page) before failing. Longer than the loopback tests'
-/// bound: a browser is slower to start and to answer.
-const WAIT: Duration = Duration::from_secs(15);
-/// How often a condition on the page is checked.
-const POLL: Duration = Duration::from_millis(50);
-
-fn main() {
-    let args = Arguments::from_args();
-    let missing = missing();
-    let ignored = !missing.is_empty() && std::env::var_os("CI").is_none();
-    if ignored && !args.list {
-        eprintln!(
-            "progress_page_in_chromium is ignored: {missing} not found; install Debian's \
-             `chromium chromium-driver` packages (apt-get install chromium chromium-driver) \
-             to run it"
-        );
-    }
-    let trials = vec![
-        Trial::test("progress_page_in_chromium", progress_page_in_chromium)
-            .with_ignored_flag(ignored),
-    ];
-    // A panic in a trial is caught by the runner and reported as a failure.
-    libtest_mimic::run(&args, trials).exit();
-}
-
-/// The binaries of [`CHROMIUM`] and [`CHROMEDRIVER`] that do not exist, as
-/// "X and Y", or an empty string.
-fn missing() -> String {
-    [CHROMIUM, CHROMEDRIVER]
-        .into_iter()
-        .filter(|path| !Path::new(path).exists())
-        .collect::<Vec<_>>()
-        .join(" and ")
-}
-
-fn progress_page_in_chromium() -> Result<(), Failed> {
-    let missing = missing();
-    if !missing.is_empty() {
-        let why = if std::env::var_os("CI").is_some() {
-            "CI is set, so the browser test fails instead of being ignored"
-        } else {
-            "the browser test was asked to run anyway"
-        };
-        return Err(format!(
-            "{missing} not found: install Debian's `chromium chromium-driver` packages ({why})"
-        )
-        .into());
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("could not build the tokio runtime: {e}"))?
-        .block_on(in_chromium());
-    Ok(())
-}
-
-async fn in_chromium() {
+pub(crate) async fn in_chromium() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -116,28 +30,7 @@ async fn in_chromium() {
             .await
             .expect("server error");
     });
-
-    let driver = Driver::start();
-    let client = within(
-        "a chromedriver session",
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities(&driver.profile))
-            .connect(&driver.url()),
-    )
-    .await
-    .expect("could not start a chromedriver session");
-
-    // The scenarios run in a task of their own so that the session is
-    // closed (and Chromium quits) whether they pass or panic.
-    let scenarios = tokio::spawn(scenarios(client.clone(), addr)).await;
-    let closed = tokio::time::timeout(WAIT, client.close()).await;
-    if let Err(panic) = scenarios {
-        std::panic::resume_unwind(panic.into_panic());
-    }
-    closed
-        .expect("timed out closing the browser session")
-        .expect("could not close the browser session");
-    drop(driver);
+    with_session(move |c| scenarios(c, addr)).await;
 }
 
 async fn scenarios(c: Client, addr: SocketAddr) {
@@ -332,31 +225,9 @@ async fn read_page(c: &Client) -> Page {
 }
 
 /// Reads the page every [`POLL`] until `check` returns something, failing
-/// with the page's state if it does not within [`WAIT`].
-async fn wait_for<T>(c: &Client, what: &str, mut check: impl FnMut(&Page) -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let page = read_page(c).await;
-        if let Some(found) = check(&page) {
-            return found;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {WAIT:?} waiting for {what}\n{page}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Awaits `fut`, failing the test after [`WAIT`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
-}
-
-async fn click(c: &Client, id: &str) {
-    let button = within(id, c.find(Locator::Id(id))).await.unwrap();
-    within(id, button.click()).await.unwrap();
+/// with the page's state if it does not within the bound.
+async fn wait_for<T>(c: &Client, what: &str, check: impl FnMut(&Page) -> Option<T>) -> T {
+    poll_page(c, what, read_page, check).await
 }
 
 /// Types `value` into the input `id`.
@@ -426,89 +297,4 @@ fn save_screenshot(png: &[u8]) {
     };
     std::fs::write(&path, png).expect("could not write the screenshot");
     eprintln!("screenshot of the page mid-job: {}", path.display());
-}
-
-fn capabilities(profile: &Path) -> fantoccini::wd::Capabilities {
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                format!("--user-data-dir={}", profile.display()),
-                "--window-size=1000,800",
-            ],
-        },
-    });
-    caps.as_object().unwrap().clone()
-}
-
-/// A chromedriver listening on a free loopback port, and a fresh Chromium
-/// profile directory; dropping it kills chromedriver and removes the
-/// profile, also when the test fails.
-struct Driver {
-    child: Child,
-    port: u16,
-    profile: PathBuf,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("could not pick a free port")
-            .port();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let profile = std::env::temp_dir().join(format!(
-            "tower-lifecycle-chromium-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&profile).expect("could not create a Chromium profile directory");
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("could not start chromedriver");
-        let mut driver = Driver {
-            child,
-            port,
-            profile,
-        };
-
-        let deadline = std::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!("chromedriver exited before it listened on port {port}: {status}");
-            }
-            if std::time::Instant::now() >= deadline {
-                panic!(
-                    "timed out after {WAIT:?} waiting for chromedriver to listen on port {port}"
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        driver
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
 }
