@@ -87,7 +87,7 @@ pub(crate) struct DrainState {
 /// // On Ctrl-C: begin (streams end, axum stops accepting), then give what
 /// // is left 30 s and cut the rest.
 /// let signal = async { tokio::signal::ctrl_c().await.unwrap() };
-/// let stop = tokio::spawn(drain.on_signal(signal).grace(Duration::from_secs(30)).into_future());
+/// let stop = drain.on_signal(signal).grace(Duration::from_secs(30)).spawn();
 /// axum::serve(listener, app)
 ///     .with_graceful_shutdown(drain.begun())
 ///     .await
@@ -159,8 +159,9 @@ impl Drain {
 
     /// The steps of a stop, started by `signal`: readiness answers 503, a
     /// delay (none by default) lets load balancers notice, then
-    /// [`shutdown`](Self::shutdown) with a grace (30 s by default). Await
-    /// it (it is [`IntoFuture`]) beside the server, whose graceful shutdown
+    /// [`shutdown`](Self::shutdown) with a grace (30 s by default). Run it
+    /// beside the server ([`OnSignal::spawn`], or await it: it is
+    /// [`IntoFuture`](std::future::IntoFuture)), whose graceful shutdown
     /// waits on [`begun`](Self::begun).
     pub fn on_signal<F: Future>(&self, signal: F) -> OnSignal<F> {
         OnSignal {

@@ -74,6 +74,8 @@ impl<B> tower_service::Service<Request<B>> for Readiness {
 /// The steps of a stop, from [`Drain::on_signal`]; await it (it is
 /// [`IntoFuture`]) beside the server.
 ///
+/// Run it with [`spawn`](Self::spawn), or await it beside the server.
+///
 /// 1. wait for the signal;
 /// 2. readiness answers 503 ([`Drain::set_unready`]); requests are still
 ///    served as usual for [`unready_for`](Self::unready_for), so that load
@@ -136,6 +138,20 @@ impl<F> OnSignal<F> {
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// Runs the steps in a task of their own on the current tokio runtime
+    /// (they must run beside the server); the handle resolves to the
+    /// report.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn(self) -> tokio::task::JoinHandle<ShutdownReport>
+    where
+        F: Future + Send + 'static,
+    {
+        tokio::spawn(self.into_future())
     }
 }
 

@@ -41,8 +41,8 @@ async fn main() {
             tracing::info!("stopping: /ready answers 503");
         })
         .unready_for(UNREADY_FOR)
-        .grace(GRACE);
-    let stop = tokio::spawn(std::future::IntoFuture::into_future(stop));
+        .grace(GRACE)
+        .spawn();
     tracing::info!("open http://127.0.0.1:3000");
     axum::serve(listener, app)
         .with_graceful_shutdown(drain.begun())

@@ -308,7 +308,7 @@ async fn a_rolling_stop_goes_unready_keeps_serving_then_ends_streams_and_refuses
         })
         .unready_for(Duration::from_secs(2))
         .grace(Duration::from_secs(1));
-    let stop = tokio::spawn(steps.into_future());
+    let stop = steps.spawn();
     signal.send(()).unwrap();
     // 1. Readiness says 503 at once; nothing else changed.
     within("readiness to say 503", async {
