@@ -300,7 +300,7 @@ where
             && this
                 .side
                 .shared()
-                .is_some_and(|shared| Reach::reached(*this.ending, &shared.config.drain))
+                .is_some_and(|shared| shared.config.drain.reaches(*this.ending).is_cancelled())
         {
             return reached(this);
         }
@@ -336,10 +336,9 @@ where
                 }
                 let ending = *this.ending;
                 let reached_now = !this.side.is_complete()
-                    && this
-                        .side
-                        .shared()
-                        .is_some_and(|shared| this.reach.poll(ending, &shared.config.drain, cx));
+                    && this.side.shared().is_some_and(|shared| {
+                        this.reach.poll(shared.config.drain.reaches(ending), cx)
+                    });
                 if reached_now {
                     return reached(this);
                 }

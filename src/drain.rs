@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::rollout::{OnSignal, Readiness};
-use crate::shutdown::ShuttingDown;
+use crate::shutdown::{Ending, ShuttingDown};
 
 /// State shared by a layer, its clones, every service it built and every
 /// lifecycle they started.
@@ -25,13 +24,26 @@ pub(crate) struct DrainState {
     pub(crate) begun: CancellationToken,
     /// Cancelled by [`Drain::shutdown`] once the grace period is over.
     pub(crate) cancel: CancellationToken,
-    /// [`Readiness`](crate::Readiness) answers 503 from now on.
+    /// [`Readiness`](crate::Readiness) answers 503 from now on (Relaxed: a
+    /// flag read by probes on its own; nothing is published with it).
     pub(crate) unready: AtomicBool,
     /// Aborted requests whose work continues right now (ignore-abort).
     pub(crate) detached: AtomicUsize,
     /// Lifecycles the end of the grace cut (continued work, a body, a
     /// handler).
     pub(crate) cancelled: AtomicUsize,
+}
+
+impl DrainState {
+    /// The token whose cancellation ends a response body of this kind:
+    /// SSE and gRPC end when the shutdown begins, others when its grace
+    /// runs out.
+    pub(crate) fn reaches(&self, ending: Ending) -> &CancellationToken {
+        match ending {
+            Ending::Sse | Ending::Grpc => &self.begun,
+            Ending::Cut => &self.cancel,
+        }
+    }
 }
 
 /// A handle for graceful shutdown, from
@@ -155,30 +167,6 @@ impl Drain {
             signal.await;
             drain.begin();
         }
-    }
-
-    /// The steps of a stop, started by `signal`: readiness answers 503, a
-    /// delay (none by default) lets load balancers notice, then
-    /// [`shutdown`](Self::shutdown) with a grace (30 s by default). Run it
-    /// beside the server ([`OnSignal::spawn`], or await it: it is
-    /// [`IntoFuture`](std::future::IntoFuture)), whose graceful shutdown
-    /// waits on [`begun`](Self::begun).
-    pub fn on_signal<F: Future>(&self, signal: F) -> OnSignal<F> {
-        OnSignal {
-            drain: self.clone(),
-            signal,
-            unready_for: Duration::ZERO,
-            grace: Duration::from_secs(30),
-        }
-    }
-
-    /// A tower service for readiness probes (Kubernetes `readinessProbe`,
-    /// a load balancer's health check): `200 ready` until the stop starts
-    /// ([`set_unready`](Self::set_unready), [`begin`](Self::begin)), `503
-    /// shutting down` after. In axum: `.route_service("/ready",
-    /// drain.readiness())`.
-    pub fn readiness(&self) -> Readiness {
-        Readiness::new(self.state.clone())
     }
 
     /// Readiness answers 503 from now on; nothing else changes (the

@@ -159,7 +159,10 @@ where
                 });
                 return Poll::Ready(Ok(response));
             }
-            if this.reach.poll(Ending::Cut, &shared.config.drain, cx) {
+            if this
+                .reach
+                .poll(shared.config.drain.reaches(Ending::Cut), cx)
+            {
                 // The shutdown's grace ran out: cancel the handler, then
                 // answer for it.
                 this.inner.set(Inner::Gone);

@@ -5,15 +5,12 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 
-use crate::drain::DrainState;
 use crate::{Drain, ShutdownReport};
 
 /// A readiness probe, from [`Drain::readiness`]: a tower service that
@@ -26,16 +23,41 @@ use crate::{Drain, ShutdownReport};
 /// count as requests in flight.
 #[derive(Clone)]
 pub struct Readiness {
-    state: Arc<DrainState>,
+    drain: Drain,
+}
+
+/// The rolling-deploy steps of a [`Drain`].
+impl Drain {
+    /// The steps of a stop, started by `signal`: readiness answers 503, a
+    /// delay (none by default) lets load balancers notice, then
+    /// [`shutdown`](Self::shutdown) with a grace (30 s by default). Run it
+    /// beside the server ([`OnSignal::spawn`], or await it: it is
+    /// [`IntoFuture`](std::future::IntoFuture)), whose graceful shutdown
+    /// waits on [`begun`](Self::begun).
+    pub fn on_signal<F: Future>(&self, signal: F) -> OnSignal<F> {
+        OnSignal {
+            drain: self.clone(),
+            signal,
+            unready_for: Duration::ZERO,
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// A tower service for readiness probes (Kubernetes `readinessProbe`,
+    /// a load balancer's health check): `200 ready` until the stop starts
+    /// ([`set_unready`](Self::set_unready), [`begin`](Self::begin)), `503
+    /// shutting down` after. In axum: `.route_service("/ready",
+    /// drain.readiness())`.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            drain: self.clone(),
+        }
+    }
 }
 
 impl Readiness {
-    pub(crate) fn new(state: Arc<DrainState>) -> Self {
-        Readiness { state }
-    }
-
     fn answer(&self) -> Response<String> {
-        let (status, text) = if self.state.unready.load(Ordering::Relaxed) {
+        let (status, text) = if !self.drain.is_ready() {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         } else {
             (StatusCode::OK, "ready\n")
@@ -52,7 +74,7 @@ impl Readiness {
 impl fmt::Debug for Readiness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Readiness")
-            .field("ready", &!self.state.unready.load(Ordering::Relaxed))
+            .field("ready", &self.drain.is_ready())
             .finish()
     }
 }
@@ -119,10 +141,10 @@ impl<B> tower_service::Service<Request<B>> for Readiness {
 /// ```
 #[must_use = "the steps run only when awaited"]
 pub struct OnSignal<F> {
-    pub(crate) drain: Drain,
-    pub(crate) signal: F,
-    pub(crate) unready_for: Duration,
-    pub(crate) grace: Duration,
+    drain: Drain,
+    signal: F,
+    unready_for: Duration,
+    grace: Duration,
 }
 
 impl<F> OnSignal<F> {

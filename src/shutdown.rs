@@ -20,7 +20,6 @@ use http::StatusCode;
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::drain::DrainState;
 use crate::grpc;
 
 pin_project! {
@@ -107,14 +106,6 @@ impl Ending {
             Ending::Cut
         }
     }
-
-    /// The token whose cancellation ends this kind of body.
-    fn token(self, drain: &DrainState) -> &CancellationToken {
-        match self {
-            Ending::Sse | Ending::Grpc => &drain.begun,
-            Ending::Cut => &drain.cancel,
-        }
-    }
 }
 
 /// A response's wait on the shutdown: registered (one allocation) only
@@ -126,21 +117,10 @@ pub(crate) struct Reach {
 }
 
 impl Reach {
-    /// Whether the shutdown reached a body that ends as `ending` says,
-    /// without registering a wait.
-    pub(crate) fn reached(ending: Ending, drain: &DrainState) -> bool {
-        ending.token(drain).is_cancelled()
-    }
-
-    /// Whether the shutdown reached it; otherwise registers `cx` to be
-    /// woken when it does.
-    pub(crate) fn poll(
-        &mut self,
-        ending: Ending,
-        drain: &DrainState,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        let token = ending.token(drain);
+    /// Whether `token` (the drain's token for this response's
+    /// [`Ending`]) was cancelled; otherwise registers `cx` to be woken when
+    /// it is.
+    pub(crate) fn poll(&mut self, token: &CancellationToken, cx: &mut Context<'_>) -> bool {
         if token.is_cancelled() {
             return true;
         }
