@@ -4,14 +4,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::shared::{Reason, Shared};
+use super::shared::{Reason, Shared, Wanted};
 
 /// A handle on one connection's [`Watched`](super::Watched) socket: it
 /// says when the connection is over, without keeping the socket open.
@@ -57,6 +57,7 @@ impl ConnectionWatch {
         self.shared.start();
         Closed {
             inner: self.shared.closed.clone().cancelled_owned(),
+            _wanted: Wanted::new(&self.shared),
         }
     }
 
@@ -72,19 +73,10 @@ impl ConnectionWatch {
     /// Has the watcher shut the socket down at `at` unless moved again
     /// (`None`: never).
     pub(crate) fn cut_at(&self, at: Option<Instant>) {
-        let mut slot = self
-            .shared
-            .cut_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *slot != at {
-            *slot = at;
-            drop(slot);
-            if at.is_some() {
-                self.shared.start();
-            }
-            self.shared.cut_moved.notify_one();
+        if at.is_some() {
+            self.shared.start();
         }
+        self.shared.cut_at(at);
     }
 
     pub(crate) fn reason(&self) -> Reason {
@@ -105,6 +97,8 @@ pin_project! {
     pub struct Closed {
         #[pin]
         inner: WaitForCancellationFutureOwned,
+        // Keeps the watcher watching while this waits.
+        _wanted: Wanted,
     }
 }
 

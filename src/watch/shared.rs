@@ -1,7 +1,7 @@
 //! What a connection's watch and its handles share ([`Shared`]), and the
 //! watcher task, started when a request first waits.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -67,6 +67,21 @@ enum Socket {
     Gone,
 }
 
+/// The cut at a time limit: when the response in flight must be done
+/// (HTTP/1.1 has one at a time), and when the watcher's timer is set for.
+///
+/// Each response of a keep-alive connection with a limit sets `at` when its
+/// body starts and clears it when the body ends, so the watcher is woken
+/// only when `at` comes before the time its timer is set for; a timer that
+/// goes off early finds the current `at` and sets itself again. A
+/// connection serving a request a millisecond under a 30 s limit wakes its
+/// watcher about once every 30 s, not twice per request.
+#[derive(Default)]
+struct Cut {
+    at: Option<Instant>,
+    timer: Option<Instant>,
+}
+
 /// What the watcher and every handle share.
 pub(crate) struct Shared {
     /// Cancelled once the connection is over for the layer; `reason` says
@@ -75,10 +90,15 @@ pub(crate) struct Shared {
     /// Cancelled to ask the watcher to shut the socket down.
     pub(super) close: CancellationToken,
     reason: AtomicU8,
-    /// When the watcher shuts the socket down on its own: the time limit
-    /// of the response in flight (HTTP/1.1 has one at a time).
-    pub(super) cut_at: Mutex<Option<Instant>>,
-    pub(super) cut_moved: Notify,
+    /// When the watcher shuts the socket down on its own.
+    cut: Mutex<Cut>,
+    /// Wakes the watcher when the cut comes earlier than it sleeps for.
+    cut_moved: Notify,
+    /// Waits on the client's leaving alive now ([`Wanted`]): the watcher
+    /// watches the socket only while there is one.
+    wanted: AtomicUsize,
+    /// Wakes the watcher when `wanted` leaves zero.
+    want: Notify,
     #[cfg(unix)]
     socket: Mutex<Socket>,
     #[cfg(unix)]
@@ -96,8 +116,10 @@ impl Shared {
             closed: CancellationToken::new(),
             close: CancellationToken::new(),
             reason: AtomicU8::new(Reason::Open as u8),
-            cut_at: Mutex::new(None),
+            cut: Mutex::new(Cut::default()),
             cut_moved: Notify::new(),
+            wanted: AtomicUsize::new(0),
+            want: Notify::new(),
             socket: Mutex::new(Socket::Idle(duplicate)),
             leaving,
         }
@@ -127,8 +149,22 @@ impl Shared {
         Reason::from_u8(self.reason.load(Ordering::Acquire))
     }
 
-    pub(super) fn cut_at(&self) -> Option<Instant> {
-        *lock(&self.cut_at)
+    /// Moves the cut to `at` (`None`: no cut); wakes the watcher only if
+    /// its timer must go off sooner.
+    pub(super) fn cut_at(&self, at: Option<Instant>) {
+        let mut cut = lock(&self.cut);
+        cut.at = at;
+        let sooner = match (at, cut.timer) {
+            (Some(at), Some(timer)) => at < timer,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(cut);
+        if sooner {
+            // A permit if the watcher is not waiting yet: it reads `at`
+            // after it registered for the next one.
+            self.cut_moved.notify_one();
+        }
     }
 
     /// The connection's IO is dropped: the connection is over, and the
@@ -196,6 +232,31 @@ impl Shared {
     }
 }
 
+/// A wait on the client's leaving (a [`Closed`](super::Closed) future),
+/// counted while it lives: the watcher watches the socket only while
+/// something waits. A keep-alive connection whose requests are answered at
+/// once never wakes it; one whose request waited wakes it at most once
+/// more, at its next incoming data, after which it stops watching.
+pub(crate) struct Wanted(Arc<Shared>);
+
+impl Wanted {
+    pub(super) fn new(shared: &Arc<Shared>) -> Self {
+        // AcqRel/Acquire: the count is only a hint for the watcher, which
+        // re-reads it after every wake-up; the notification carries the
+        // 0 -> 1 step to a watcher that is not watching.
+        if shared.wanted.fetch_add(1, Ordering::AcqRel) == 0 {
+            shared.want.notify_one();
+        }
+        Wanted(shared.clone())
+    }
+}
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.0.wanted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The watcher task: waits until the client leaves, the layer asks for the
 /// socket to be shut down (now, or at a time limit), or the connection's IO
 /// is dropped; then records why, shuts the socket down unless the server
@@ -207,7 +268,7 @@ async fn watch(socket: Arc<tokio::net::TcpStream>, shared: Arc<Shared>, leaving:
         () = shared.closed.cancelled() => Reason::Ended,
         () = shared.close.cancelled() => Reason::Cut,
         () = cut_due(&shared) => Reason::Cut,
-        reason = client_leaves(&socket, leaving) => reason,
+        reason = watch_while_wanted(&socket, &shared, leaving) => reason,
     };
     shared.record(reason);
     if reason != Reason::Ended {
@@ -221,21 +282,52 @@ async fn watch(socket: Arc<tokio::net::TcpStream>, shared: Arc<Shared>, leaving:
     shared.finish(reason);
 }
 
-/// Resolves once the client left, as `leaving` says. Never reads: data
-/// for hyper only wakes it, and it clears its own readiness to wait again.
+/// Resolves once the client left, as `leaving` says, watching the socket
+/// only while something waits on it ([`Wanted`]).
 #[cfg(unix)]
-async fn client_leaves(socket: &tokio::net::TcpStream, leaving: Leaving) -> Reason {
+async fn watch_while_wanted(
+    socket: &tokio::net::TcpStream,
+    shared: &Shared,
+    leaving: Leaving,
+) -> Reason {
+    loop {
+        loop {
+            let want = shared.want.notified();
+            tokio::pin!(want);
+            // Registered before the count is read, so a wait that starts
+            // in between wakes this one.
+            want.as_mut().enable();
+            if shared.wanted.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            want.await;
+        }
+        if let Some(reason) = client_leaves(socket, shared, leaving).await {
+            return reason;
+        }
+    }
+}
+
+/// Resolves once the client left, as `leaving` says, or with `None` at the
+/// first incoming data after nothing waits any more. Never reads: data for
+/// hyper only wakes it, and it clears its own readiness to wait again.
+#[cfg(unix)]
+async fn client_leaves(
+    socket: &tokio::net::TcpStream,
+    shared: &Shared,
+    leaving: Leaving,
+) -> Option<Reason> {
     let mut interest = tokio::io::Interest::READABLE | tokio::io::Interest::ERROR;
     loop {
         let Ok(ready) = socket.ready(interest).await else {
-            return Reason::Reset;
+            return Some(Reason::Reset);
         };
         if ready.is_error() {
-            return Reason::Reset;
+            return Some(Reason::Reset);
         }
         if ready.is_read_closed() {
             if leaving == Leaving::FinOrReset {
-                return Reason::Fin;
+                return Some(Reason::Fin);
             }
             // tokio never clears a read-closed readiness: waiting for
             // READABLE again would return at once, forever.
@@ -247,6 +339,9 @@ async fn client_leaves(socket: &tokio::net::TcpStream, leaving: Leaving) -> Reas
         let _ = socket.try_io(tokio::io::Interest::READABLE, || {
             Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
         });
+        if shared.wanted.load(Ordering::Acquire) == 0 {
+            return None;
+        }
     }
 }
 
@@ -259,9 +354,18 @@ async fn cut_due(shared: &Shared) {
         tokio::pin!(moved);
         // Registered before reading the time, so a move in between wakes.
         moved.as_mut().enable();
-        match shared.cut_at() {
+        let timer = {
+            let mut cut = lock(&shared.cut);
+            if cut.at.is_some_and(|at| at <= Instant::now()) {
+                return;
+            }
+            cut.timer = cut.at;
+            cut.timer
+        };
+        match timer {
             Some(at) => tokio::select! {
-                () = tokio::time::sleep_until(at) => return,
+                // Past it: the loop checks the cut as it is now.
+                () = tokio::time::sleep_until(at) => {}
                 () = &mut moved => {}
             },
             None => moved.await,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
@@ -67,20 +68,28 @@ pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
 }
 
-/// Runs `script` every [`POLL`] until `check` accepts its result, failing
-/// with the last result if it does not within [`WAIT`].
-pub(crate) async fn poll_page<T, R>(
+/// Runs `script` in the page and parses what it returns.
+pub(crate) async fn read_page<P: DeserializeOwned>(c: &Client, script: &str) -> P {
+    let json = within("the page's state", c.execute(script, vec![]))
+        .await
+        .expect("could not read the page");
+    serde_json::from_value(json).expect("unexpected page state")
+}
+
+/// Reads the page with `script` every [`POLL`] until `check` returns
+/// something, failing with the page's state if it does not within [`WAIT`].
+pub(crate) async fn wait_for<P, T>(
     c: &Client,
+    script: &str,
     what: &str,
-    read: impl AsyncFn(&Client) -> R,
-    mut check: impl FnMut(&R) -> Option<T>,
+    mut check: impl FnMut(&P) -> Option<T>,
 ) -> T
 where
-    R: std::fmt::Display,
+    P: DeserializeOwned + std::fmt::Display,
 {
     let deadline = Instant::now() + WAIT;
     loop {
-        let page = read(c).await;
+        let page: P = read_page(c, script).await;
         if let Some(found) = check(&page) {
             return found;
         }

@@ -20,7 +20,7 @@ use std::path::Path;
 use fantoccini::{Client, Locator};
 use serde::Deserialize;
 
-use crate::chromium::{click, poll_page, with_session, within, POLL};
+use crate::chromium::{self, click, with_session, within, POLL};
 
 pub(crate) async fn in_chromium() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -218,16 +218,11 @@ return {
 "##;
 
 async fn read_page(c: &Client) -> Page {
-    let json = within("the page's state", c.execute(READ_PAGE, vec![]))
-        .await
-        .expect("could not read the page");
-    serde_json::from_value(json).expect("unexpected page state")
+    chromium::read_page(c, READ_PAGE).await
 }
 
-/// Reads the page every [`POLL`] until `check` returns something, failing
-/// with the page's state if it does not within the bound.
 async fn wait_for<T>(c: &Client, what: &str, check: impl FnMut(&Page) -> Option<T>) -> T {
-    poll_page(c, what, read_page, check).await
+    chromium::wait_for(c, READ_PAGE, what, check).await
 }
 
 /// Types `value` into the input `id`.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tower_lifecycle::{Completion, Drain, LifecycleLayer};
 
-use crate::chromium::{poll_page, with_session, within};
+use crate::chromium::{self, with_session, within};
 
 /// One server of the example on `addr`: its drain, its completions, and
 /// the task that serves it.
@@ -139,13 +139,6 @@ return {
 };
 "##;
 
-async fn read_page(c: &Client) -> Page {
-    let json = within("the page's state", c.execute(READ_PAGE, vec![]))
-        .await
-        .expect("could not read the page");
-    serde_json::from_value(json).expect("unexpected page state")
-}
-
 async fn wait_for<T>(c: &Client, what: &str, check: impl FnMut(&Page) -> Option<T>) -> T {
-    poll_page(c, what, read_page, check).await
+    chromium::wait_for(c, READ_PAGE, what, check).await
 }

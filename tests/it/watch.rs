@@ -41,6 +41,7 @@ enum Event {
 
 /// The handlers, by path:
 /// - `/ok`: answers `ok`;
+/// - `/pause`: waits 10 ms, answers `paused`;
 /// - `/count`: reads the request body, answers its length;
 /// - `/stream`: a body of 64 KiB chunks that never ends, always ready;
 /// - `/wait`: never answers, never reads the request body;
@@ -81,6 +82,12 @@ fn app(
                             Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
                         });
                         return Ok(Response::new(StreamBody::new(chunks).boxed()));
+                    }
+                    "/pause" => {
+                        // Waits once (the layer registers its wait on the
+                        // connection), then answers.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        return Ok(Response::new(full("paused")));
                     }
                     "/count" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -267,6 +274,52 @@ async fn keep_alive_idle_and_a_close_between_requests_is_no_abort() {
     assert_eq!(common::read_all(res.unwrap()).await, "ok");
     let done = server.done.next().await;
     assert_eq!(done.status(), ConnectionStatus::NORMAL, "{done:?}");
+    server.done.assert_none();
+}
+
+/// Reads off `stream` until what was read ends with `end`.
+async fn read_until(stream: &mut TcpStream, end: &str) {
+    within(end, async {
+        let mut got = Vec::new();
+        let mut buf = [0; 1024];
+        while !got.ends_with(end.as_bytes()) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(
+                n,
+                0,
+                "closed before {end:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_watch_stops_between_waits_and_comes_back_for_the_next() {
+    let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
+    let mut stream = server
+        .send("GET /pause HTTP/1.1\r\nhost: x\r\n\r\n", b"")
+        .await;
+    read_until(&mut stream, "paused").await;
+    // Data with nothing waiting: the watcher stops watching.
+    stream
+        .write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stream, "ok").await;
+    // The next request that waits brings it back: its client's close is
+    // seen while hyper is not reading.
+    stream.write_all(upload("/wait").as_bytes()).await.unwrap();
+    stream.write_all(&some_of_the_upload()).await.unwrap();
+    let lifecycle = server.started().await;
+    drop(stream);
+    within("aborted()", lifecycle.aborted()).await;
+    for _ in 0..2 {
+        assert_eq!(server.done.next().await.status(), ConnectionStatus::NORMAL);
+    }
+    assert_aborted(&server.done.next().await, Phase::Handler);
     server.done.assert_none();
 }
 
