@@ -119,14 +119,23 @@ impl<B> tower_service::Service<Request<B>> for Readiness {
 ///
 /// ```yaml
 /// spec:
-///   terminationGracePeriodSeconds: 45     # > unready_for + grace
+///   terminationGracePeriodSeconds: 45     # > preStop + unready_for + grace
 ///   containers:
 ///     - name: app
 ///       readinessProbe:
 ///         httpGet: { path: /ready, port: 3000 }
 ///         periodSeconds: 2
 ///         failureThreshold: 1
+///       lifecycle:
+///         preStop:                        # optional: the kubelet waits this
+///           exec:                         # long before SIGTERM, the pod
+///             command: ["sleep", "3"]     # already leaving the endpoints
 /// ```
+///
+/// The `preStop` sleep and `unready_for` do the same job from two sides
+/// (the first before the signal, the second after it, with `/ready`
+/// saying 503 so that balancers that probe also stop); one of them is
+/// enough for most clusters. An image without `sleep` uses `unready_for`.
 ///
 /// ```no_run
 /// # use std::time::Duration;

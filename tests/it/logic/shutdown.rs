@@ -322,3 +322,23 @@ async fn on_signal_goes_unready_then_waits_then_begins_then_drains() {
         (0, 0, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn begin_on_begins_once_its_signal_resolved() {
+    let drain = LifecycleLayer::new().drain();
+    let (signal, on) = tokio::sync::oneshot::channel::<()>();
+    let begin = tokio::spawn(drain.begin_on(async move {
+        let _ = on.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !drain.is_shutting_down() && drain.is_ready(),
+        "nothing before the signal"
+    );
+    signal.send(()).unwrap();
+    tokio::time::timeout(WAIT, begin)
+        .await
+        .expect("resolves after the signal")
+        .unwrap();
+    assert!(drain.is_shutting_down() && !drain.is_ready());
+}
