@@ -133,6 +133,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         if let (Some(connection), Some(shared)) = (&mut connection, side.shared()) {
             connection.cut_at(shared.time_limit().get());
         }
+        let head = side.shared().map(|shared| shared.time_limit().elapsed());
         let mut body = LifecycleBody {
             inner: Inner::new(inner, boxed),
             side,
@@ -142,6 +143,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
                 expected,
                 grpc,
                 grpc_status: grpc.then(|| grpc::status(&parts.headers)).flatten(),
+                head,
             },
             timer: Timer::default(),
             continue_body: continue_body::<B>,
@@ -168,6 +170,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
                 expected: Some(0),
                 grpc: false,
                 grpc_status: None,
+                head: None,
             },
             timer: Timer::default(),
             continue_body: continue_body::<B>,
@@ -240,7 +243,10 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
     }
     if let Some((shared, _)) = this.side.take() {
         shared.timed_out();
-        shared.response_done(this.tally.end());
+        shared.response_done(End {
+            cut: true,
+            ..this.tally.end()
+        });
     }
     if this.tally.grpc {
         return Poll::Ready(Some(Ok(
@@ -265,6 +271,7 @@ fn reached<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>,
         }
         shared.response_done(End {
             shutdown: true,
+            cut: ending == Ending::Cut,
             ..this.tally.end()
         });
     }

@@ -54,14 +54,23 @@ impl Chain {
             .or_else(|| self.shared.as_ref().and_then(|s| s.runtime()))
     }
 
+    /// The request's span, entered while hooks run.
+    fn span(&self) -> Option<tracing::Span> {
+        self.shared.as_ref().and_then(|s| s.span.clone())
+    }
+
     fn run(mut self) {
+        let span = self.span();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         while let Some(hook) = self.advance() {
             match self.handle() {
                 Some(handle) => {
-                    handle.spawn(async move {
+                    let span = span.clone().unwrap_or_else(tracing::Span::none);
+                    let rest = async move {
                         CatchUnwind(hook).await;
                         self.run();
-                    });
+                    };
+                    handle.spawn(tracing::Instrument::instrument(rest, span));
                     return;
                 }
                 None => tracing::warn!(
@@ -113,6 +122,8 @@ impl Drop for Chain {
         // Only reached with hooks left when the task carrying the chain was
         // dropped unfinished: the runtime is going away, so async hooks can
         // no longer run, but sync hooks and `on_complete` still do.
+        let span = self.span();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         while let Some(fut) = self.advance() {
             drop(fut);
             tracing::warn!(

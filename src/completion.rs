@@ -52,6 +52,10 @@ pub struct Completion {
     pub(crate) service_error: bool,
     pub(crate) cancelled: bool,
     pub(crate) shutdown: bool,
+    pub(crate) cut: bool,
+    pub(crate) time_to_head: Option<Duration>,
+    pub(crate) time_to_body_end: Option<Duration>,
+    pub(crate) timeout_status: StatusCode,
     pub(crate) continued: bool,
     pub(crate) detach_refused: bool,
     pub(crate) grpc_status: Option<i32>,
@@ -74,6 +78,53 @@ impl Completion {
     /// lifecycle (just before the first hook runs).
     pub fn elapsed(&self) -> Duration {
         self.elapsed
+    }
+
+    /// Time from the request entering the layer to the response head handed
+    /// to the server: the inner service's response (or the layer's own
+    /// answer: the time limit's 503, the shutdown's 503) returned to hyper.
+    /// `None` when no head was produced (the handler was dropped, panicked
+    /// or failed). Like `elapsed`, measured on tokio's clock.
+    ///
+    /// Handed over, not sent: hyper writes the head with the first body
+    /// frame, or at once for a body it knows is empty.
+    pub fn time_to_head(&self) -> Option<Duration> {
+        self.time_to_head
+    }
+
+    /// Time from the request entering the layer to the end of the response
+    /// body: its last frame handed to the server (or the body dropped,
+    /// failed or cut), when there was a body phase; `None` otherwise.
+    /// [`elapsed`](Self::elapsed) minus this is what ran after the
+    /// response: continued work and the hooks before the first.
+    pub fn time_to_body_end(&self) -> Option<Duration> {
+        self.time_to_body_end
+    }
+
+    /// The status for an access log, with the conventions operators read in
+    /// nginx's logs:
+    ///
+    /// | the request | `log_status()` |
+    /// | --- | --- |
+    /// | the client left before the response was complete ([`ABORTED`](ConnectionStatus::ABORTED)) | 499 |
+    /// | the time limit cut the body ([`TIMEOUT`](ConnectionStatus::TIMEOUT) in the body) | the timeout answer ([`timeout_status`](crate::LifecycleLayer::timeout_status), 503 by default) |
+    /// | the shutdown's grace cut the body | 503 |
+    /// | a response head was handed over (the layer's own 503 included) | its status ([`response_status`](Self::response_status)) |
+    /// | no response: the handler panicked, failed, or was dropped by the server | 500 |
+    ///
+    /// A request whose response was complete and whose continued work ran
+    /// past the limit logs the response's status: the client got it.
+    pub fn log_status(&self) -> u16 {
+        if self.status.is_aborted() {
+            499
+        } else if self.cut && self.shutdown {
+            StatusCode::SERVICE_UNAVAILABLE.as_u16()
+        } else if self.cut {
+            self.timeout_status.as_u16()
+        } else {
+            self.response_status
+                .map_or(StatusCode::INTERNAL_SERVER_ERROR.as_u16(), |s| s.as_u16())
+        }
     }
 
     /// Bytes of response body data handed to the server (the sum of the

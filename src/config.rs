@@ -25,6 +25,10 @@ pub(crate) struct Config {
     pub(crate) time_limit: Option<Duration>,
     pub(crate) timeout_status: StatusCode,
     pub(crate) record_caught_panics: bool,
+    /// The level of the layer's event per request; `None`: no event.
+    pub(crate) log_level: Option<tracing::Level>,
+    /// An event for normal completions too.
+    pub(crate) log_normal: bool,
     pub(crate) drain: Arc<DrainState>,
 }
 
@@ -37,6 +41,8 @@ impl Default for Config {
             time_limit: None,
             timeout_status: StatusCode::SERVICE_UNAVAILABLE,
             record_caught_panics: true,
+            log_level: Some(tracing::Level::DEBUG),
+            log_normal: false,
             drain: Arc::default(),
         }
     }

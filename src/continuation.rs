@@ -108,10 +108,9 @@ pub(crate) fn end_in_drop<T>(
         // The drop is the first chance to record it. Under ignore-abort the
         // work still continues as usual, and its task ends at once on the
         // passed deadline (`Completion::continued` stays what it always
-        // meant: the client left with ignore-abort on).
-        // (The connection watch will let the layer act on the deadline
-        // while hyper is not polling, and tell a client that left from a
-        // layer outside this one that dropped the future.)
+        // meant: the client left with ignore-abort on). With a connection
+        // watch the layer cuts such a connection at the deadline itself
+        // (`watch::settle`).
         if shared.time_limit().passed() {
             shared.timed_out();
         }
@@ -251,7 +250,7 @@ impl Shared {
     pub(crate) fn after_response(self: &Arc<Self>, work: BoxFuture) {
         let Some(guard) = self.add_work() else {
             match Handle::try_current() {
-                Ok(handle) => drop(handle.spawn(work)),
+                Ok(handle) => drop(handle.spawn(self.instrument(work))),
                 Err(_) => tracing::warn!(
                     "tower_lifecycle: after_response work outside a tokio runtime was dropped"
                 ),
@@ -281,7 +280,10 @@ impl Shared {
 
     /// The response side ended: starts `after_response` work, then ends the
     /// lifecycle unless continued work is still running.
-    pub(crate) fn response_done(self: Arc<Self>, end: End) {
+    pub(crate) fn response_done(self: Arc<Self>, mut end: End) {
+        if end.time_to_head.is_some() {
+            end.time_to_body_end = Some(self.time_limit().elapsed());
+        }
         if end.panicked {
             self.set(PANICKED);
         }
@@ -349,7 +351,12 @@ impl WorkGuard {
         let shutdown = self.shared().config.drain.cancel.clone();
         let cancel = cancel.unwrap_or_else(|| shutdown.clone());
         let mut guard = self;
-        handle.spawn(async move {
+        let span = guard
+            .shared()
+            .span
+            .clone()
+            .unwrap_or_else(tracing::Span::none);
+        let task = async move {
             let shared = guard.shared().clone();
             tokio::select! {
                 biased;
@@ -365,7 +372,8 @@ impl WorkGuard {
             }
             drop(shared);
             drop(guard);
-        });
+        };
+        handle.spawn(tracing::Instrument::instrument(task, span));
     }
 }
 

@@ -148,6 +148,7 @@ where
                 // Cancel the handler, then answer for it.
                 this.inner.set(Inner::Gone);
                 let (shared, _) = this.side.take().expect("checked above");
+                let at = shared.time_limit().elapsed();
                 shared.timed_out();
                 let response = timeout_head(*this.grpc, shared.timeout_status())
                     .body(LifecycleBody::empty(shared.timeout_status()))
@@ -155,6 +156,7 @@ where
                 shared.response_done(End {
                     response_status: Some(response.status()),
                     grpc_status: grpc::status(response.headers()),
+                    time_to_head: Some(at),
                     ..End::handler()
                 });
                 return Poll::Ready(Ok(response));
@@ -167,6 +169,7 @@ where
                 // answer for it.
                 this.inner.set(Inner::Gone);
                 let (shared, _) = this.side.take().expect("checked above");
+                let at = shared.time_limit().elapsed();
                 shared.cancelled_by_shutdown();
                 let status = if *this.grpc {
                     StatusCode::OK
@@ -180,6 +183,7 @@ where
                     response_status: Some(response.status()),
                     grpc_status: grpc::status(response.headers()),
                     shutdown: true,
+                    time_to_head: Some(at),
                     ..End::handler()
                 });
                 return Poll::Ready(Ok(response));

@@ -43,7 +43,8 @@ pub(crate) fn run_late(hook: Hook, completion: &Completion, runtime: Option<Hand
             };
             match Handle::try_current().ok().or(runtime) {
                 Some(handle) => {
-                    handle.spawn(CatchUnwind(fut));
+                    // In the span current here: the request's.
+                    handle.spawn(tracing::Instrument::in_current_span(CatchUnwind(fut)));
                 }
                 None => tracing::warn!(
                     "tower_lifecycle: no tokio runtime to run an async shutdown hook on; it was dropped"

@@ -219,6 +219,34 @@ impl LifecycleLayer {
         self
     }
 
+    /// The level of the layer's own event for each request that did not end
+    /// normally: aborted, timed out, panicked, or ended by the shutdown
+    /// (`Some(Level::DEBUG)` by default; `None`: no event).
+    ///
+    /// One `tracing` event per such request, target `tower_lifecycle`,
+    /// message `request ended`, with the [`Completion`](crate::Completion)'s
+    /// fields: `status`, `phase`, `log_status`, `elapsed`, `time_to_head`,
+    /// `bytes_sent`, `response_status`, `grpc_status`, `panicked`,
+    /// `continued`, `shutdown`. It is emitted in the request's span (see
+    /// [the crate docs](crate#logs-traces-and-metrics)) just before the
+    /// hooks run. With no subscriber listening at that level it costs one
+    /// check of the level.
+    ///
+    /// ```text
+    /// DEBUG req{method=GET uri=/slow}: tower_lifecycle: request ended status=aborted phase=handler log_status=499 elapsed=1.0012s time_to_head=None bytes_sent=0 response_status=None grpc_status=None panicked=false continued=false shutdown=false
+    /// ```
+    pub fn log_level(mut self, level: Option<tracing::Level>) -> Self {
+        Arc::make_mut(&mut self.config).log_level = level;
+        self
+    }
+
+    /// Whether normal completions get the event too (`false` by default):
+    /// an access log of every request, at [`log_level`](Self::log_level).
+    pub fn log_normal(mut self, all: bool) -> Self {
+        Arc::make_mut(&mut self.config).log_normal = all;
+        self
+    }
+
     /// A [`Drain`] for graceful shutdown: it counts and waits for every
     /// lifecycle started by services built from this layer or its clones.
     pub fn drain(&self) -> Drain {

@@ -8,6 +8,7 @@ mod config;
 mod continuation;
 mod deadline;
 mod drain;
+mod events;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;

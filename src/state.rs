@@ -55,6 +55,10 @@ pub(crate) struct Shared {
     aborted: Notify,
     time_limit: Deadline,
     pub(crate) config: Arc<Config>,
+    /// The span current when the layer was called (a `TraceLayer`'s request
+    /// span, say), when a subscriber could want it: the parent of all the
+    /// request does later (hooks, continued work, the layer's event).
+    pub(crate) span: Option<tracing::Span>,
     state: Mutex<State>,
 }
 
@@ -96,6 +100,13 @@ pub(crate) struct End {
     /// Ended by the shutdown (a stream ended when it began, a body or a
     /// handler cut when its grace ran out).
     pub(crate) shutdown: bool,
+    /// The layer cut the body short with an error or a deadline's trailers
+    /// (time limit, end of the shutdown's grace).
+    pub(crate) cut: bool,
+    /// From entering the layer to the response head handed to the server.
+    pub(crate) time_to_head: Option<Duration>,
+    /// From entering the layer to the end of the response body.
+    pub(crate) time_to_body_end: Option<Duration>,
     pub(crate) grpc_status: Option<i32>,
 }
 
@@ -110,6 +121,9 @@ impl End {
             service_error: false,
             cancelled: false,
             shutdown: false,
+            cut: false,
+            time_to_head: None,
+            time_to_body_end: None,
             grpc_status: None,
         }
     }
@@ -126,6 +140,7 @@ impl Shared {
             aborted: Notify::new(),
             time_limit: Deadline::new(config.time_limit, grpc_cap),
             config,
+            span: current_span(),
             state: Mutex::new(State {
                 token: Some(token),
                 ..State::default()
@@ -216,9 +231,25 @@ impl Shared {
             Some(completion) => {
                 let runtime = state.runtime.clone();
                 drop(state);
-                hook::run_late(hook, &completion, runtime);
+                self.in_span(|| hook::run_late(hook, &completion, runtime));
             }
         }
+    }
+
+    /// Runs `f` in the request's span, if it has one.
+    pub(crate) fn in_span<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.span {
+            Some(span) => span.in_scope(f),
+            None => f(),
+        }
+    }
+
+    /// `fut` in the request's span, if it has one.
+    pub(crate) fn instrument<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> tracing::instrument::Instrumented<F> {
+        tracing::Instrument::instrument(fut, self.span.clone().unwrap_or_else(tracing::Span::none))
     }
 
     pub(crate) fn remember_runtime(&self) {
@@ -293,6 +324,10 @@ impl Shared {
                 service_error: end.service_error,
                 cancelled: end.cancelled,
                 shutdown: end.shutdown || state.shutdown_cancelled,
+                cut: end.cut,
+                time_to_head: end.time_to_head,
+                time_to_body_end: end.time_to_body_end,
+                timeout_status: self.config.timeout_status,
                 grpc_status: end.grpc_status,
                 continued: state.detached,
                 detach_refused: state.refused,
@@ -311,16 +346,19 @@ impl Shared {
         if completion.continued {
             self.config.drain.detached.fetch_sub(1, Ordering::AcqRel);
         }
-        tracing::debug!(
-            status = %completion.status,
-            phase = %completion.phase,
-            bytes_sent = completion.bytes_sent,
-            panicked = completion.panicked,
-            continued = completion.continued,
-            "tower_lifecycle: request lifecycle ended"
-        );
+        self.in_span(|| crate::events::emit(&completion, &self.config));
         (completion, hooks)
     }
+}
+
+/// The current span, when a subscriber could want it: none without one
+/// (one check of a global flag), and none outside any span.
+fn current_span() -> Option<tracing::Span> {
+    if !tracing::dispatcher::has_been_set() {
+        return None;
+    }
+    let span = tracing::Span::current();
+    (!span.is_none()).then_some(span)
 }
 
 /// A test seam: lets a test run code right after the status was read, the

@@ -2,6 +2,8 @@
 //! hyper sends without one ([`Bodiless`]): the facts that tell a complete
 //! body from an aborted one.
 
+use std::time::Duration;
+
 use bytes::Buf;
 use http::{header, HeaderMap, Method, StatusCode};
 use http_body::Frame;
@@ -52,6 +54,8 @@ pub(crate) struct Tally {
     pub(crate) grpc: bool,
     /// From the response head (a trailers-only answer) or the trailers.
     pub(crate) grpc_status: Option<i32>,
+    /// From entering the layer to the head handed to the server.
+    pub(crate) head: Option<Duration>,
 }
 
 impl Tally {
@@ -62,6 +66,7 @@ impl Tally {
             response_status: Some(self.status),
             bytes_sent: self.sent,
             grpc_status: self.grpc_status,
+            time_to_head: self.head,
             ..End::handler()
         }
     }

@@ -33,6 +33,7 @@ pub(crate) fn settle(
         }
         Left::Limit => {
             shared.timed_out();
+            end.cut = true;
             false
         }
     }

@@ -14,6 +14,7 @@ mod outcomes;
 mod panics;
 mod shutdown;
 mod time_limit;
+mod timings;
 
 use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
