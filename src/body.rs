@@ -82,7 +82,7 @@ pin_project! {
         // The connection's watch, if the request carried one.
         connection: Option<Waiting>,
         // What the shutdown does to this body, and its wait on it.
-        ending: Ending,
+        ending: Option<Ending>,
         reach: Reach,
         // Set while the inner body is being polled: still set in `drop`
         // means its `poll_frame` panicked.
@@ -148,7 +148,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             timer: Timer::default(),
             continue_body: continue_body::<B>,
             connection,
-            ending: Ending::of(grpc, &parts.headers),
+            ending: Ending::of(grpc, &parts.headers, exact.is_some()),
             reach: Reach::default(),
             polling: false,
         };
@@ -175,7 +175,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             timer: Timer::default(),
             continue_body: continue_body::<B>,
             connection: None,
-            ending: Ending::Cut,
+            ending: None,
             reach: Reach::default(),
             polling: false,
         }
@@ -258,10 +258,12 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
 
 /// The shutdown reached a body that was not complete: it ends as its kind
 /// says (see [`shutdown`](crate::shutdown)), the inner body dropped.
-fn reached<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, BoxError>>> {
+fn reached<B, D>(
+    this: LifecycleBodyProj<'_, B>,
+    ending: Ending,
+) -> Poll<Option<Result<Frame<D>, BoxError>>> {
     let mut inner = this.inner;
     inner.set(Inner::Gone);
-    let ending = *this.ending;
     if ending == Ending::Grpc {
         this.tally.grpc_status = Some(grpc::UNAVAILABLE);
     }
@@ -303,13 +305,15 @@ where
         {
             return expire(this);
         }
-        if !this.side.is_complete()
-            && this
-                .side
-                .shared()
-                .is_some_and(|shared| shared.config.drain.reaches(*this.ending).is_cancelled())
-        {
-            return reached(this);
+        if let Some(ending) = *this.ending {
+            let reached_before = !this.side.is_complete()
+                && this
+                    .side
+                    .shared()
+                    .is_some_and(|shared| shared.config.drain.reaches(ending).is_cancelled());
+            if reached_before {
+                return reached(this, ending);
+            }
         }
         let mut inner = match this.inner.as_mut().project() {
             InnerProj::Gone => return Poll::Ready(None),
@@ -341,13 +345,14 @@ where
                 if expired {
                     return expire(this);
                 }
-                let ending = *this.ending;
-                let reached_now = !this.side.is_complete()
-                    && this.side.shared().is_some_and(|shared| {
-                        this.reach.poll(shared.config.drain.reaches(ending), cx)
-                    });
-                if reached_now {
-                    return reached(this);
+                if let Some(ending) = *this.ending {
+                    let reached_now = !this.side.is_complete()
+                        && this.side.shared().is_some_and(|shared| {
+                            this.reach.poll(shared.config.drain.reaches(ending), cx)
+                        });
+                    if reached_now {
+                        return reached(this, ending);
+                    }
                 }
             }
             Poll::Ready(Some(Ok(frame))) => {

@@ -233,8 +233,11 @@ impl LifecycleLayer {
     /// check of the level.
     ///
     /// ```text
-    /// DEBUG req{method=GET uri=/slow}: tower_lifecycle: request ended status=aborted phase=handler log_status=499 elapsed=1.0012s time_to_head=None bytes_sent=0 response_status=None grpc_status=None panicked=false continued=false shutdown=false
+    /// DEBUG tower_lifecycle: request ended status=aborted phase=body log_status=499 elapsed=999.224908ms time_to_head=Some(190.599µs) bytes_sent=20 response_status=200 panicked=false continued=false shutdown=false
     /// ```
+    ///
+    /// (`response_status` and `grpc_status` are left out when there is
+    /// none.)
     pub fn log_level(mut self, level: Option<tracing::Level>) -> Self {
         Arc::make_mut(&mut self.config).log_level = level;
         self

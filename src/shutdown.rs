@@ -7,7 +7,8 @@
 //! | --- | --- | --- |
 //! | `text/event-stream` (SSE) | ends cleanly at once | — |
 //! | gRPC (`application/grpc…`) | trailers `grpc-status: 14` at once | — |
-//! | any other open body | left to finish | cut with [`ServerShutdown`] |
+//! | any other open-ended body | left to finish | cut with [`ServerShutdown`] |
+//! | a body of exact size (`Full`) | left to finish | left to finish |
 //! | a handler still running | left to finish | dropped, answered 503 (gRPC: 14) |
 
 use std::fmt;
@@ -94,16 +95,21 @@ pub(crate) enum Ending {
 }
 
 impl Ending {
-    pub(crate) fn of(grpc: bool, headers: &HeaderMap) -> Self {
+    /// How a response with these headers ends; `None` for a body whose
+    /// size is known exactly (`Full`, `Empty`: already in memory, nothing
+    /// open-ended to cut, even after the grace).
+    pub(crate) fn of(grpc: bool, headers: &HeaderMap, exact: bool) -> Option<Self> {
         if grpc {
-            Ending::Grpc
+            Some(Ending::Grpc)
         } else if headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
         {
-            Ending::Sse
+            Some(Ending::Sse)
+        } else if exact {
+            None
         } else {
-            Ending::Cut
+            Some(Ending::Cut)
         }
     }
 }

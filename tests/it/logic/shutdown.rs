@@ -342,3 +342,21 @@ async fn begin_on_begins_once_its_signal_resolved() {
         .unwrap();
     assert!(drain.is_shutting_down() && !drain.is_ready());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_of_exact_size_is_never_cut_even_after_the_grace() {
+    let seen = Seen::default();
+    let layer = seen.layer();
+    let drain = layer.drain();
+    let report = drain.shutdown(Duration::ZERO).await;
+    assert_eq!(report.remaining(), 0);
+    let svc = layered(layer, |_req: Request<()>| async {
+        Ok::<_, Infallible>(full("whole"))
+    });
+    assert_eq!(run_to_end(svc, Request::new(())).await, "whole");
+    let c = &seen.wait_for(1).await[0];
+    assert_eq!(
+        (c.status(), c.shutdown()),
+        (ConnectionStatus::NORMAL, false)
+    );
+}
