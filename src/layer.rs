@@ -277,6 +277,8 @@ impl fmt::Debug for LifecycleLayer {
             .field("time_limit", &self.config.time_limit)
             .field("timeout_status", &self.config.timeout_status)
             .field("record_caught_panics", &self.config.record_caught_panics)
+            .field("log_level", &self.config.log_level)
+            .field("log_normal", &self.config.log_normal)
             .finish()
     }
 }

@@ -291,3 +291,34 @@ async fn everything_a_request_does_later_runs_in_its_span() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_trace_layers_request_span_is_the_parent_of_the_hooks() {
+    debug_logs();
+    let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let svc = ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(LifecycleLayer::new().on_complete(move |c| {
+            let _ = tx.send(c.clone());
+        }))
+        .service_fn(|req: Request<Full<Bytes>>| {
+            let lifecycle = lifecycle_of(&req);
+            async move {
+                lifecycle.on_shutdown(|_| tracing::info!("hook under TraceLayer ran"));
+                Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("ok")))
+            }
+        });
+    let req = Request::get("/traced-by-tower-http")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    within("the completion", done.recv()).await.unwrap();
+    let logs = debug_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("uri=/traced-by-tower-http")
+                && l.contains("hook under TraceLayer ran")),
+        "{logs}"
+    );
+}

@@ -198,7 +198,9 @@ fn the_layer_and_the_service_show_their_settings() {
         .ignore_abort(true)
         .max_detached(3)
         .time_limit(Duration::from_secs(2))
-        .record_caught_panics(false);
+        .record_caught_panics(false)
+        .log_level(Some(tracing::Level::WARN))
+        .log_normal(true);
     let debug = format!("{layer:?}");
     for part in [
         "on_complete: false",
@@ -207,6 +209,8 @@ fn the_layer_and_the_service_show_their_settings() {
         "time_limit: Some(2s)",
         "timeout_status: 503",
         "record_caught_panics: false",
+        "log_level: Some(Level(Warn))",
+        "log_normal: true",
     ] {
         assert!(debug.contains(part), "{part} in {debug}");
     }
