@@ -107,7 +107,7 @@ impl Chain {
                     }
                     // The lifecycle leaves the drain's count last.
                     match std::mem::replace(&mut self.hooks, Hooks::More) {
-                        Hooks::Done(token) => drop(token),
+                        Hooks::Done(token) => shared.leave(token),
                         _ => shared.release(),
                     }
                     return None;

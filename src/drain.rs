@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+use crate::in_flight::InFlight;
 
 use crate::shutdown::{Ending, ShuttingDown};
 
@@ -17,8 +18,9 @@ use crate::shutdown::{Ending, ShuttingDown};
 /// lifecycle they started.
 #[derive(Default)]
 pub(crate) struct DrainState {
-    /// One token per lifecycle, held until its last hook returned.
-    pub(crate) tracker: TaskTracker,
+    /// Lifecycles in flight: counted in when they start, out after their
+    /// last hook returned.
+    pub(crate) in_flight: InFlight,
     /// Cancelled when the shutdown begins ([`Drain::begin`]): streams end,
     /// handlers awaiting `shutting_down()` wake.
     pub(crate) begun: CancellationToken,
@@ -184,7 +186,7 @@ impl Drain {
 
     /// How many lifecycles have not ended yet.
     pub fn in_flight(&self) -> usize {
-        self.state.tracker.len()
+        self.state.in_flight.len()
     }
 
     /// Resolves once no lifecycle is in flight: every request, its continued
@@ -193,11 +195,7 @@ impl Drain {
     /// Lifecycles that start while waiting are waited for too; stop the
     /// server from taking requests first (axum's `with_graceful_shutdown`).
     pub async fn wait(&self) {
-        let tracker = &self.state.tracker;
-        // Closing only lets `wait` resolve once the count is zero; lifecycles
-        // are still tracked after it.
-        tracker.close();
-        tracker.wait().await;
+        self.state.in_flight.wait().await;
     }
 
     /// [`begin`](Self::begin)s the shutdown if it has not begun, waits up

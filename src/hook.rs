@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::Completion;
 
@@ -29,7 +28,7 @@ pub(crate) enum Hooks {
     /// Taken one by one from the shared state.
     More,
     /// None left: after `on_complete`, the token is dropped.
-    Done(Option<TaskTrackerToken>),
+    Done(Option<u8>),
 }
 
 /// Runs a hook registered after its lifecycle had ended: at once, with the

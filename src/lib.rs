@@ -14,6 +14,7 @@ mod extract;
 mod future;
 mod grpc;
 mod hook;
+mod in_flight;
 mod layer;
 mod lifecycle;
 mod panic;

@@ -30,7 +30,6 @@ use http::StatusCode;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::completion::Phase;
 use crate::config::{Config, OnComplete};
@@ -82,8 +81,8 @@ pub(crate) struct State {
     /// The end of a shutdown's grace cut this request (its continued work,
     /// its body or its handler).
     pub(crate) shutdown_cancelled: bool,
-    /// Counts this lifecycle in the layer's `Drain`.
-    pub(crate) token: Option<TaskTrackerToken>,
+    /// This lifecycle's shard in the layer's `Drain` count, until it left.
+    pub(crate) token: Option<u8>,
 }
 
 /// How the response side of a request ended.
@@ -133,7 +132,7 @@ impl Shared {
     /// `grpc_cap` is what the request's `grpc-timeout` allows, if any.
     pub(crate) fn new(config: Arc<Config>, grpc_cap: Option<Duration>) -> Self {
         let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
-        let token = config.drain.tracker.token();
+        let token = config.drain.in_flight.enter();
         Shared {
             bits: AtomicU8::new(bits),
             pending: AtomicUsize::new(1),
@@ -289,7 +288,14 @@ impl Shared {
     /// The hooks are done: the lifecycle leaves the drain's count.
     pub(crate) fn release(&self) {
         let token = self.lock().token.take();
-        drop(token);
+        self.leave(token);
+    }
+
+    /// Leaves the drain's count, if still in it.
+    pub(crate) fn leave(&self, token: Option<u8>) {
+        if let Some(shard) = token {
+            self.config.drain.in_flight.leave(shard);
+        }
     }
 
     /// One part is done; `phase` is where the lifecycle ended if it was the
@@ -348,6 +354,15 @@ impl Shared {
         }
         self.in_span(|| crate::events::emit(&completion, &self.config));
         (completion, hooks)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A lifecycle whose hooks never ran to their end (its chain was
+        // dropped with the runtime) still leaves the count.
+        let token = self.lock().token.take();
+        self.leave(token);
     }
 }
 
