@@ -281,9 +281,10 @@ impl Shared {
     /// The response side ended: starts `after_response` work, then ends the
     /// lifecycle unless continued work is still running.
     pub(crate) fn response_done(self: Arc<Self>, mut end: End) {
-        if end.time_to_head.is_some() {
-            end.time_to_body_end = Some(self.time_limit().elapsed());
-        }
+        // One clock read for the end of the body and, when nothing
+        // continues, the end of the lifecycle.
+        let now = end.time_to_head.map(|_| self.time_limit().elapsed());
+        end.time_to_body_end = now;
         if end.panicked {
             self.set(PANICKED);
         }
@@ -296,7 +297,7 @@ impl Shared {
             // Each was counted in `pending` when registered.
             WorkGuard::new(self.clone()).start(work, None);
         }
-        if let Some((completion, hooks)) = self.done_one(Some(end.phase)) {
+        if let Some((completion, hooks)) = self.done_one(Some(end.phase), now) {
             Chain::start(self, completion, hooks);
         }
     }
@@ -385,7 +386,7 @@ impl Drop for WorkGuard {
                 shared.panicked();
             }
             let phase = (!self.cancelled_by_abort).then_some(Phase::Continued);
-            if let Some((completion, hooks)) = shared.done_one(phase) {
+            if let Some((completion, hooks)) = shared.done_one(phase, None) {
                 Chain::start(shared, completion, hooks);
             }
         }

@@ -302,11 +302,18 @@ impl Shared {
     /// last (`None`: where the response side ended). The last one gets the
     /// completion and the hooks to run, for [`Chain::start`](crate::chain::Chain::start).
     #[must_use]
-    pub(crate) fn done_one(&self, phase: Option<Phase>) -> Option<(Completion, Hooks)> {
+    ///
+    /// `now`: the time since the request entered the layer, if the caller
+    /// just read it (saves a clock read).
+    pub(crate) fn done_one(
+        &self,
+        phase: Option<Phase>,
+        now: Option<Duration>,
+    ) -> Option<(Completion, Hooks)> {
         // AcqRel: the last part to finish sees everything the others did
         // before they counted themselves done.
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            Some(self.finish(phase))
+            Some(self.finish(phase, now))
         } else {
             None
         }
@@ -314,7 +321,7 @@ impl Shared {
 
     /// Builds the completion and takes the first hook. Reached exactly
     /// once, by whatever brought `pending` to zero.
-    fn finish(&self, phase: Option<Phase>) -> (Completion, Hooks) {
+    fn finish(&self, phase: Option<Phase>, now: Option<Duration>) -> (Completion, Hooks) {
         let all = self.bits.load(Ordering::Acquire);
         let (completion, hooks) = {
             let mut state = self.lock();
@@ -322,7 +329,7 @@ impl Shared {
             let completion = Completion {
                 status: self.status(),
                 phase: phase.unwrap_or(end.phase),
-                elapsed: self.time_limit.elapsed(),
+                elapsed: now.unwrap_or_else(|| self.time_limit.elapsed()),
                 bytes_sent: end.bytes_sent,
                 response_status: end.response_status,
                 panicked: all & PANICKED != 0,
