@@ -71,6 +71,12 @@ impl LifecycleLayer {
     /// Like every hook it runs under `catch_unwind` (a panic is logged, not
     /// propagated) and where the lifecycle ends, so it must be quick. Set
     /// again, it replaces the previous one.
+    ///
+    /// Each thread that serves requests keeps a copy of the layer's
+    /// settings (so that requests on different threads never write one
+    /// reference count); a copy, and the closure with it, is dropped when
+    /// that thread next meets a layer it has no copy of after this one is
+    /// gone, or when the thread ends, not the moment the layer is dropped.
     pub fn on_complete<F>(mut self, f: F) -> Self
     where
         F: Fn(&Completion) + Send + Sync + 'static,

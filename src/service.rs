@@ -83,7 +83,7 @@ where
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(self.config.clone(), grpc_cap));
+        let shared = Arc::new(Shared::new(Config::local(&self.config), grpc_cap));
         let bodiless = Bodiless::of(req.method());
         let connection = req
             .extensions()
