@@ -55,7 +55,7 @@ struct Rows<'a> {
 impl Configs for Rows<'_> {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Error: Debug,
         B: Body,
         B::Error: Debug,

@@ -36,7 +36,7 @@ struct Bench<'a, 'b> {
 impl Configs for Bench<'_, '_> {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Error: Debug,
         B: Body,
         B::Error: Debug,

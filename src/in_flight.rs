@@ -114,7 +114,9 @@ mod tests {
         assert!(!waiter.is_finished(), "one is still in flight");
         // It leaves from yet another thread, on the shard it entered.
         let leaver = count.clone();
-        std::thread::spawn(move || leaver.leave(other)).join().unwrap();
+        std::thread::spawn(move || leaver.leave(other))
+            .join()
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("woken at zero")

@@ -82,7 +82,7 @@ pub fn timeout() -> TimeoutLayer {
 pub trait Configs {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone,
+        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Error: Debug,
         B: Body,
         B::Error: Debug;

@@ -1,0 +1,168 @@
+//! Run with: cargo bench --bench interleaved
+//!
+//! The layer's cost per request, for ratios: every configuration of
+//! `support::each_config` plus a *floor* (a service that inserts one `Arc`
+//! handle into the request's extensions, the least any design that hands
+//! the handler a status must pay), run in `ROUNDS` (7) interleaved rounds of
+//! `REQUESTS` (20,000) requests each, the order rotated every round, so that
+//! the machine's drift hits every configuration alike (criterion runs them
+//! one after another). Each request is `oneshot` on a clone of the service
+//! on a current-thread runtime, its body collected. Prints the median
+//! ns/request of each, and its difference from bare and from the floor.
+//!
+//! Then contention: the same service driven by one thread, and by two
+//! threads at once (each with its own runtime, sharing the layer), in
+//! interleaved rounds; prints ns/request per thread and the difference.
+
+mod support;
+
+use std::fmt::Debug;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower::{Service, ServiceBuilder};
+
+use support::{call, each_config, hello, Configs};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `n` requests through a clone of a service on a fresh
+/// current-thread runtime; returns the time they took.
+type Run = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
+
+fn runner<S, B>(svc: S) -> Run
+where
+    S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Error: Debug,
+    B: Body,
+    B::Error: Debug,
+{
+    Arc::new(move |n| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let svc = svc.clone();
+        rt.block_on(async move {
+            assert_eq!(call(&svc).await, "hello world");
+            let start = Instant::now();
+            for _ in 0..n {
+                call(&svc).await;
+            }
+            start.elapsed()
+        })
+    })
+}
+
+/// Collects a runner per configuration.
+struct Collect(Vec<(&'static str, Run)>);
+
+impl Configs for Collect {
+    fn config<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Error: Debug,
+        B: Body,
+        B::Error: Debug,
+    {
+        self.0.push((name, runner(svc)));
+    }
+}
+
+/// The floor: the handler behind a service that inserts one `Arc` handle
+/// into the request's extensions.
+fn floor() -> Run {
+    runner(
+        ServiceBuilder::new()
+            .map_request(|mut req: Request<()>| {
+                req.extensions_mut().insert(Arc::new(0_u64));
+                req
+            })
+            .service_fn(hello),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ns_per_request(d: Duration, n: usize) -> f64 {
+    d.as_nanos() as f64 / n as f64
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let rounds = env_or("ROUNDS", 7);
+    let n = env_or("REQUESTS", 20_000);
+    let mut configs = Collect(vec![("floor", floor())]);
+    each_config(&mut configs);
+    let configs = configs.0;
+
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 0..rounds {
+        for k in 0..configs.len() {
+            let i = (k + round) % configs.len();
+            times[i].push(ns_per_request((configs[i].1)(n), n));
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    let at = |name: &str| medians[configs.iter().position(|(c, _)| *c == name).unwrap()];
+    let (bare, floor) = (at("bare"), at("floor"));
+    println!("## Per request, one thread ({rounds} interleaved rounds of {n})\n");
+    println!("| config | ns/request (median) | over bare | over the floor |");
+    println!("| --- | ---: | ---: | ---: |");
+    for ((name, _), ns) in configs.iter().zip(&medians) {
+        println!(
+            "| {name} | {ns:.0} | {:+.0} | {:+.0} |",
+            ns - bare,
+            ns - floor
+        );
+    }
+
+    println!(
+        "\n## Two threads sharing one layer ({rounds} interleaved rounds of {n} per thread)\n"
+    );
+    println!(
+        "| config | one thread, ns/request | two threads, ns/request per thread | difference |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for name in ["bare", "floor", "lifecycle_default", "lifecycle_full"] {
+        let run = configs.iter().find(|(c, _)| *c == name).unwrap().1.clone();
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let single = || ns_per_request(run(n), n);
+            let pair = || {
+                let barrier = Arc::new(Barrier::new(2));
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (run, barrier) = (run.clone(), barrier.clone());
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            run(n)
+                        })
+                    })
+                    .collect();
+                let total: Duration = threads.into_iter().map(|t| t.join().unwrap()).sum();
+                ns_per_request(total / 2, n)
+            };
+            if round % 2 == 0 {
+                one.push(single());
+                two.push(pair());
+            } else {
+                two.push(pair());
+                one.push(single());
+            }
+        }
+        let (one, two) = (median(one), median(two));
+        println!("| {name} | {one:.0} | {two:.0} | {:+.0} |", two - one);
+    }
+    println!("\nThe machine's cores are shared with whatever else runs: compare rows of one run.");
+}
