@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chain::Chain;
 use crate::completion::Phase;
 use crate::hook::BoxFuture;
-use crate::state::{End, Shared, IGNORE_ABORT, PANICKED};
+use crate::state::{End, Shared, Stage, IGNORE_ABORT, PANICKED};
 use crate::ConnectionStatus;
 
 pin_project! {
@@ -258,7 +258,7 @@ impl Shared {
             return;
         };
         let mut state = self.lock();
-        if state.response.is_none() {
+        if matches!(state.stage, Stage::Running) {
             state.after_response.push(work);
             // Still counted in `pending`: `response_done` makes a guard
             // again when it starts the work.
@@ -290,7 +290,7 @@ impl Shared {
         }
         let after = {
             let mut state = self.lock();
-            state.response = Some(end);
+            state.stage = Stage::Responded(end);
             std::mem::take(&mut state.after_response)
         };
         for work in after {
@@ -368,7 +368,7 @@ impl WorkGuard {
                         guard.cancelled_by_abort = true;
                     }
                 }
-                _ = shared.time_limit().reached() => shared.timed_out(),
+                _ = shared.until_deadline() => shared.timed_out(),
                 _ = work => {}
             }
             drop(shared);

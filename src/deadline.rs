@@ -35,8 +35,6 @@ pub(crate) struct Deadline {
     /// The gRPC client's deadline, which [`set_limit`](Self::set_limit)
     /// cannot lift; [`NONE`] for other requests.
     cap: u64,
-    /// Wakes [`reached`](Self::reached) when the deadline changes.
-    changed: Notify,
 }
 
 impl Deadline {
@@ -48,7 +46,6 @@ impl Deadline {
             start: Instant::now(),
             at: AtomicU64::new(limit.map_or(NONE, nanos).min(cap)),
             cap,
-            changed: Notify::new(),
         }
     }
 
@@ -72,22 +69,25 @@ impl Deadline {
     }
 
     /// Restarts the limit from now (`None` removes it, down to the cap) and
-    /// wakes whoever waits in [`reached`](Self::reached).
-    pub(crate) fn set_limit(&self, limit: Option<Duration>) {
+    /// wakes whoever waits in [`reached`](Self::reached) on `changed`.
+    /// (The request's state has one `Notify` for this and its status: a
+    /// waiter woken by the other re-checks and waits again.)
+    pub(crate) fn set_limit(&self, limit: Option<Duration>, changed: &Notify) {
         let from_now = match limit {
             None => NONE,
             Some(limit) => nanos(self.start.elapsed()).saturating_add(nanos(limit)),
         };
         self.at.store(from_now.min(self.cap), Ordering::Release);
-        self.changed.notify_waiters();
+        changed.notify_waiters();
     }
 
-    /// Resolves once the deadline has passed, following changes to it.
-    pub(crate) async fn reached(&self) {
+    /// Resolves once the deadline has passed, following the changes
+    /// [`set_limit`](Self::set_limit) announces on `changed`.
+    pub(crate) async fn reached(&self, changed: &Notify) {
         loop {
             // Registered before the deadline is read, so that a change made
             // in between still wakes this wait.
-            let mut changed = std::pin::pin!(self.changed.notified());
+            let mut changed = std::pin::pin!(changed.notified());
             changed.as_mut().enable();
             match self.get() {
                 None => changed.await,
@@ -145,35 +145,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_limit_restarts_from_now_and_none_lifts_it_down_to_the_cap() {
         let deadline = Deadline::new(Some(Duration::from_secs(10)), None);
+        let changed = Notify::new();
         let start = Instant::now();
         assert_eq!(deadline.get(), Some(start + Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(4)).await;
-        deadline.set_limit(Some(Duration::from_secs(1)));
+        deadline.set_limit(Some(Duration::from_secs(1)), &changed);
         assert_eq!(deadline.get(), Some(start + Duration::from_secs(5)));
-        deadline.set_limit(None);
+        deadline.set_limit(None, &changed);
         assert_eq!(deadline.get(), None);
-        deadline.set_limit(Some(Duration::MAX));
+        deadline.set_limit(Some(Duration::MAX), &changed);
         assert_eq!(deadline.get(), None, "too large to represent is no limit");
 
         let capped = Deadline::new(None, Some(Duration::from_secs(2)));
         assert_eq!(capped.get(), Some(start + Duration::from_secs(6)));
-        capped.set_limit(None);
+        capped.set_limit(None, &changed);
         assert_eq!(capped.get(), Some(start + Duration::from_secs(6)));
-        capped.set_limit(Some(Duration::from_secs(1)));
+        capped.set_limit(Some(Duration::from_secs(1)), &changed);
         assert_eq!(capped.get(), Some(start + Duration::from_secs(5)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_timer_follows_the_deadline() {
         let deadline = Deadline::new(Some(Duration::from_secs(1)), None);
+        let changed = Notify::new();
         let mut timer = Timer::default();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(!timer.poll(&deadline, &mut cx));
         assert!(timer.0.is_some(), "armed on first need");
-        deadline.set_limit(None);
+        deadline.set_limit(None, &changed);
         assert!(!timer.poll(&deadline, &mut cx));
         assert!(timer.0.is_none(), "disarmed without a limit");
-        deadline.set_limit(Some(Duration::from_millis(10)));
+        deadline.set_limit(Some(Duration::from_millis(10)), &changed);
         assert!(!timer.poll(&deadline, &mut cx));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(timer.poll(&deadline, &mut cx));

@@ -112,7 +112,7 @@ impl Lifecycle {
     /// continued work picks it up at once. Once the limit expired, or the
     /// lifecycle ended, this has no effect.
     pub fn set_time_limit(&self, limit: Option<Duration>) {
-        self.shared.time_limit().set_limit(limit);
+        self.shared.set_time_limit(limit);
     }
 
     /// When the time limit expires, or `None` without one.

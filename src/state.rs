@@ -7,14 +7,14 @@
 //! 1. **handler**: the response future runs the inner service;
 //! 2. **body**: the response body streams (the future handed its part of
 //!    `pending` over to the body);
-//! 3. **continued**: the response side ended ([`State::response`] is set),
+//! 3. **continued**: the response side ended ([`Stage::Responded`]),
 //!    and work is still running: a handler or body kept alive after the
 //!    client left, [`spawn`](crate::Lifecycle::spawn)ed or
 //!    [`after_response`](crate::Lifecycle::after_response) work. `pending`
 //!    counts the response side (1 until it ended) plus each piece of work;
 //! 4. **hooks**: whatever brought `pending` to zero built the
 //!    [`Completion`] and runs the hooks ([`hooks`](crate::hooks));
-//! 5. **ended**: no hook is left ([`State::ended`] is set); a hook
+//! 5. **ended**: no hook is left ([`Stage::Ended`]); a hook
 //!    registered now runs at once.
 //!
 //! The status word and two flags live in one atomic byte, read without a
@@ -51,7 +51,10 @@ pub(crate) struct Shared {
     /// The response side (1 until it ended) plus continued work not yet
     /// finished. The lifecycle ends when it drops to 0.
     pub(crate) pending: AtomicUsize,
-    aborted: Notify,
+    /// Wakes the waits on the status ([`until_aborted`](Self::until_aborted))
+    /// and on the deadline ([`until_deadline`](Self::until_deadline)): one
+    /// `Notify` for both, each waiter re-checks its own condition.
+    wake: Notify,
     time_limit: Deadline,
     pub(crate) config: Arc<Config>,
     /// The span current when the layer was called (a `TraceLayer`'s request
@@ -61,15 +64,26 @@ pub(crate) struct Shared {
     state: Mutex<State>,
 }
 
+/// How far the lifecycle is, as the locked state knows it.
+#[derive(Default)]
+pub(crate) enum Stage {
+    /// The response side has not ended.
+    #[default]
+    Running,
+    /// The response side ended, like this; continued work or the hooks
+    /// remain.
+    Responded(End),
+    /// The hooks have all been taken: the final completion, for a hook
+    /// registered late.
+    Ended(Completion),
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) hooks: VecDeque<Hook>,
-    /// Set once the hooks have all been taken: the final completion.
-    pub(crate) ended: Option<Completion>,
+    pub(crate) stage: Stage,
     /// The runtime current when an async hook was registered.
     pub(crate) runtime: Option<Handle>,
-    /// How the response side ended, once it has.
-    pub(crate) response: Option<End>,
     /// Work waiting for the response side to end.
     pub(crate) after_response: Vec<BoxFuture>,
     /// Cancels spawned work on abort (unless it continues) and on shutdown.
@@ -136,7 +150,7 @@ impl Shared {
         Shared {
             bits: AtomicU8::new(bits),
             pending: AtomicUsize::new(1),
-            aborted: Notify::new(),
+            wake: Notify::new(),
             time_limit: Deadline::new(config.time_limit, grpc_cap),
             config,
             span: current_span(),
@@ -153,7 +167,7 @@ impl Shared {
             // Registered before the status is read, so that an abort in
             // between still wakes this wait (`notify_waiters` wakes only
             // registered waiters).
-            let mut notified = std::pin::pin!(self.aborted.notified());
+            let mut notified = std::pin::pin!(self.wake.notified());
             notified.as_mut().enable();
             if self.status().is_aborted() {
                 return;
@@ -177,7 +191,7 @@ impl Shared {
 
     /// Whether the hooks have all been taken.
     pub(crate) fn is_ended(&self) -> bool {
-        self.lock().ended.is_some()
+        matches!(self.lock().stage, Stage::Ended(_))
     }
 
     pub(crate) fn status(&self) -> ConnectionStatus {
@@ -192,13 +206,24 @@ impl Shared {
         if bits & ConnectionStatus::ABORTED.bits() != 0
             && old & ConnectionStatus::ABORTED.bits() == 0
         {
-            self.aborted.notify_waiters();
+            self.wake.notify_waiters();
         }
     }
 
     /// The request's time limit.
     pub(crate) fn time_limit(&self) -> &Deadline {
         &self.time_limit
+    }
+
+    /// Restarts the time limit from now (`None` lifts it, down to a gRPC
+    /// cap).
+    pub(crate) fn set_time_limit(&self, limit: Option<Duration>) {
+        self.time_limit.set_limit(limit, &self.wake);
+    }
+
+    /// Resolves once the time limit has passed, following its changes.
+    pub(crate) async fn until_deadline(&self) {
+        self.time_limit.reached(&self.wake).await;
     }
 
     /// A panic unwound through, or was caught inside, the request's
@@ -225,9 +250,10 @@ impl Shared {
 
     pub(crate) fn register(&self, hook: Hook) {
         let mut state = self.lock();
-        match state.ended.clone() {
-            None => state.hooks.push_back(hook),
-            Some(completion) => {
+        match &state.stage {
+            Stage::Running | Stage::Responded(_) => state.hooks.push_back(hook),
+            Stage::Ended(completion) => {
+                let completion = completion.clone();
                 let runtime = state.runtime.clone();
                 drop(state);
                 self.in_span(|| hook::run_late(hook, &completion, runtime));
@@ -280,7 +306,7 @@ impl Shared {
         let mut state = self.lock();
         let hook = state.hooks.pop_front();
         if hook.is_none() {
-            state.ended = Some(completion.clone());
+            state.stage = Stage::Ended(completion.clone());
         }
         hook
     }
@@ -325,7 +351,10 @@ impl Shared {
         let all = self.bits.load(Ordering::Acquire);
         let (completion, hooks) = {
             let mut state = self.lock();
-            let end = state.response.unwrap_or_else(End::handler);
+            let end = match state.stage {
+                Stage::Responded(end) => end,
+                Stage::Running | Stage::Ended(_) => End::handler(),
+            };
             let completion = Completion {
                 status: self.status(),
                 phase: phase.unwrap_or(end.phase),
@@ -350,7 +379,7 @@ impl Shared {
             let hooks = match state.hooks.pop_front() {
                 Some(first) => Hooks::First(first),
                 None => {
-                    state.ended = Some(completion.clone());
+                    state.stage = Stage::Ended(completion.clone());
                     Hooks::Done(state.token.take())
                 }
             };
