@@ -87,7 +87,13 @@ impl Chain {
             let shared = self.shared.as_ref()?;
             let next = match std::mem::replace(&mut self.hooks, Hooks::More) {
                 Hooks::First(hook) => Some(hook),
-                Hooks::More => shared.next_hook(&self.completion),
+                Hooks::More => match shared.next_hook(&self.completion) {
+                    Ok(hook) => Some(hook),
+                    Err(token) => {
+                        self.hooks = Hooks::Done(token);
+                        None
+                    }
+                },
                 done @ Hooks::Done(_) => {
                     self.hooks = done;
                     None
@@ -106,9 +112,8 @@ impl Chain {
                         guarded("on_complete", || on_complete(&self.completion));
                     }
                     // The lifecycle leaves the drain's count last.
-                    match std::mem::replace(&mut self.hooks, Hooks::More) {
-                        Hooks::Done(token) => shared.leave(token),
-                        _ => shared.release(),
+                    if let Hooks::Done(token) = std::mem::replace(&mut self.hooks, Hooks::More) {
+                        shared.leave(token);
                     }
                     return None;
                 }

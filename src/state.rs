@@ -300,21 +300,18 @@ impl Shared {
         self.config.detachable()
     }
 
-    /// The next hook to run, or `None`, which marks the lifecycle ended
-    /// (under the same lock, so no hook registered meanwhile is lost).
-    pub(crate) fn next_hook(&self, completion: &Completion) -> Option<Hook> {
+    /// The next hook to run; or, when none is left, marks the lifecycle
+    /// ended and takes its drain token, under the same lock (so no hook
+    /// registered meanwhile is lost, and the end costs one lock).
+    pub(crate) fn next_hook(&self, completion: &Completion) -> Result<Hook, Option<u8>> {
         let mut state = self.lock();
-        let hook = state.hooks.pop_front();
-        if hook.is_none() {
-            state.stage = Stage::Ended(completion.clone());
+        match state.hooks.pop_front() {
+            Some(hook) => Ok(hook),
+            None => {
+                state.stage = Stage::Ended(completion.clone());
+                Err(state.token.take())
+            }
         }
-        hook
-    }
-
-    /// The hooks are done: the lifecycle leaves the drain's count.
-    pub(crate) fn release(&self) {
-        let token = self.lock().token.take();
-        self.leave(token);
     }
 
     /// Leaves the drain's count, if still in it.
