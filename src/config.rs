@@ -112,6 +112,14 @@ mod tests {
                 .unwrap()
         };
         assert!(!Arc::ptr_eq(&a, &other), "another thread has its own");
+        // A miss (another layer) keeps the copies of layers still alive.
+        let second = Arc::new(Config::default());
+        let _ = Config::local(&second);
+        assert!(
+            Arc::ptr_eq(&Config::local(&config), &a),
+            "still this thread's copy"
+        );
+        drop(second);
         let copy = Arc::downgrade(&a);
         drop((a, b, other));
         assert!(copy.upgrade().is_some(), "kept while the layer lives");
@@ -119,6 +127,6 @@ mod tests {
         // The next miss on this thread drops copies of layers that are gone.
         let _ = Config::local(&Arc::new(Config::default()));
         assert!(copy.upgrade().is_none());
-        LOCAL.with(|local| assert_eq!(local.borrow().len(), 1));
+        LOCAL.with(|local| assert_eq!(local.borrow().len(), 1, "the second layer's copy went too"));
     }
 }

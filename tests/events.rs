@@ -322,3 +322,72 @@ async fn a_trace_layers_request_span_is_the_parent_of_the_hooks() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_request_the_shutdown_ended_or_a_caught_panic_gets_an_event_too() {
+    debug_logs();
+    let (layer, mut done) = layer();
+    let drain = layer.drain();
+    // An event stream ended by the shutdown: normal, but the shutdown ended it.
+    let (senders, mut sender) = tokio::sync::mpsc::unbounded_channel();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_req: Request<()>| {
+            let (tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            senders.send(tx).unwrap();
+            let mut res = Response::new(body);
+            res.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            std::future::ready(Ok::<_, Infallible>(res))
+        });
+    async {
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        let _tx = sender.recv().await.unwrap();
+        let mut body = res.into_body();
+        drain.begin();
+        drain.begin();
+        assert!(body.frame().await.is_none());
+    }
+    .instrument(tracing::info_span!("req", id = 131))
+    .await;
+    let c = done.next().await;
+    assert!(c.status().is_normal() && c.shutdown() && !c.panicked());
+    let lines = lines_in(131);
+    let events = ended(&lines);
+    assert!(
+        events.len() == 1 && events[0].contains("shutdown=true"),
+        "{lines:?}"
+    );
+    let begins = debug_logs().matches("the shutdown begins").count();
+    assert_eq!(begins, 1, "begin() twice logs once");
+
+    // A panic caught inside the layer: normal, but panicked.
+    let (layer, mut done) = common::layer();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .service_fn(|_req: Request<()>| async {
+            panic!("a handler panics");
+            #[allow(unreachable_code)]
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("never")))
+        });
+    async {
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    .instrument(tracing::info_span!("req", id = 132))
+    .await;
+    let c = done.next().await;
+    assert!(
+        c.status().is_normal() && c.panicked() && !c.shutdown(),
+        "{c:?}"
+    );
+    let lines = lines_in(132);
+    let events = ended(&lines);
+    assert!(
+        events.len() == 1 && events[0].contains("panicked=true"),
+        "{lines:?}"
+    );
+}
