@@ -266,6 +266,7 @@ async fn readiness_answers_200_until_the_stop_and_503_after() {
         }
     };
     assert!(drain.is_ready());
+    assert!(format!("{:?}", drain.readiness()).contains("ready: true"));
     assert_eq!(
         probe(&drain).await,
         (StatusCode::OK, Bytes::from("ready\n"))
@@ -275,6 +276,7 @@ async fn readiness_answers_200_until_the_stop_and_503_after() {
         !drain.is_ready() && !drain.is_shutting_down(),
         "unready only"
     );
+    assert!(format!("{:?}", drain.readiness()).contains("ready: false"));
     assert_eq!(
         probe(&drain).await,
         (
