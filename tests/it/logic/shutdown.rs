@@ -97,6 +97,7 @@ async fn begin_wakes_every_waiter_once_and_begun_resolves_at_once_after() {
     assert!(futures_util::FutureExt::now_or_never(lifecycle.shutting_down()).is_some());
     assert!(futures_util::FutureExt::now_or_never(drain.begun()).is_some());
     assert!(format!("{drain:?}").contains("shutting_down: true"));
+    assert!(format!("{:?}", drain.begun()).starts_with("ShuttingDown"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,6 +183,10 @@ async fn another_body_has_the_grace_then_is_cut_with_an_error() {
         .expect("an error, not the end")
         .expect_err("an error, not a frame");
     assert!(err.downcast_ref::<ServerShutdown>().is_some(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "the server shut down before the response was complete"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(10));
     let report = shutdown.await.unwrap();
     assert_eq!(
