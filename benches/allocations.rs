@@ -17,7 +17,7 @@
 
 mod support;
 
-use support::{call, each_config, hello, Configs};
+use support::{call, each_config, hello, Benched, Configs};
 
 use std::alloc::System;
 use std::fmt::Debug;
@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::mem::size_of;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body::Body;
 use http_body_util::Full;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -55,10 +55,8 @@ struct Rows<'a> {
 impl Configs for Rows<'_> {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Debug,
-        B: Body,
-        B::Error: Debug,
+        S: Benched<B>,
+        B: Body<Error: Debug>,
     {
         let row = self.rt.block_on(async {
             assert_eq!(call(&svc).await, "hello world", "{name}");

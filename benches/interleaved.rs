@@ -20,11 +20,11 @@ use std::fmt::Debug;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::Request;
 use http_body::Body;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 
-use support::{call, each_config, hello, Configs};
+use support::{call, each_config, hello, Benched, Configs};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -39,10 +39,8 @@ type Run = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
 
 fn runner<S, B>(svc: S) -> Run
 where
-    S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
+    S: Benched<B>,
+    B: Body<Error: Debug>,
 {
     Arc::new(move |n| {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -67,10 +65,8 @@ struct Collect(Vec<(&'static str, Run)>);
 impl Configs for Collect {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Debug,
-        B: Body,
-        B::Error: Debug,
+        S: Benched<B>,
+        B: Body<Error: Debug>,
     {
         self.0.push((name, runner(svc)));
     }

@@ -16,16 +16,14 @@
 
 mod support;
 
-use support::{call, each_config, Configs};
+use support::{call, each_config, Benched, Configs};
 
 use std::fmt::Debug;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use http::{Request, Response};
 use http_body::Body;
 use tokio::runtime::Runtime;
-use tower::Service;
 
 /// Benches each configuration in one criterion group.
 struct Bench<'a, 'b> {
@@ -36,10 +34,8 @@ struct Bench<'a, 'b> {
 impl Configs for Bench<'_, '_> {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Debug,
-        B: Body,
-        B::Error: Debug,
+        S: Benched<B>,
+        B: Body<Error: Debug>,
     {
         let rt = self.rt;
         // Check once that the configuration answers what the handler said.

@@ -42,10 +42,8 @@ pub fn hello_with_hook(
 /// One request: `oneshot` on a clone of the service, then the whole body.
 pub async fn call<S, B>(svc: &S) -> Bytes
 where
-    S: Service<Request<()>, Response = Response<B>> + Clone,
-    S::Error: Debug,
-    B: Body,
-    B::Error: Debug,
+    S: Service<Request<()>, Response = Response<B>, Error: Debug> + Clone,
+    B: Body<Error: Debug>,
 {
     let response = svc.clone().oneshot(Request::new(())).await.unwrap();
     response.into_body().collect().await.unwrap().to_bytes()
@@ -82,10 +80,19 @@ pub fn timeout() -> TimeoutLayer {
 pub trait Configs {
     fn config<S, B>(&mut self, name: &'static str, svc: S)
     where
-        S: Service<Request<()>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Error: Debug,
-        B: Body,
-        B::Error: Debug;
+        S: Benched<B>,
+        B: Body<Error: Debug>;
+}
+
+/// A service a bench can drive: a configuration with its handler.
+pub trait Benched<B>:
+    Service<Request<()>, Response = Response<B>, Error: Debug> + Clone + Send + Sync + 'static
+{
+}
+
+impl<S, B> Benched<B> for S where
+    S: Service<Request<()>, Response = Response<B>, Error: Debug> + Clone + Send + Sync + 'static
+{
 }
 
 /// Hands every configuration to `c`, in table order: no layer first, then

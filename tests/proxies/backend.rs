@@ -76,6 +76,19 @@ fn stream(produced: Arc<Mutex<Vec<Instant>>>, sse: bool) -> Response {
     res
 }
 
+/// The route of a [`stream`], reporting as `route`.
+fn streaming(
+    route: &'static str,
+    tx: mpsc::UnboundedSender<Event>,
+    produced: Arc<Mutex<Vec<Instant>>>,
+    sse: bool,
+) -> axum::routing::MethodRouter {
+    get(move |lifecycle: Lifecycle| async move {
+        report(&lifecycle, route, &tx);
+        stream(produced, sse)
+    })
+}
+
 impl Backend {
     pub(crate) async fn start() -> Backend {
         let (tx, events) = mpsc::unbounded_channel();
@@ -108,20 +121,8 @@ impl Backend {
                     "late"
                 }),
             )
-            .route(
-                "/stream",
-                get(move |lifecycle: Lifecycle| async move {
-                    report(&lifecycle, "stream", &t4);
-                    stream(p1, false)
-                }),
-            )
-            .route(
-                "/sse",
-                get(move |lifecycle: Lifecycle| async move {
-                    report(&lifecycle, "sse", &t5);
-                    stream(p2, true)
-                }),
-            )
+            .route("/stream", streaming("stream", t4, p1, false))
+            .route("/sse", streaming("sse", t5, p2, true))
             .layer(LifecycleLayer::new());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
