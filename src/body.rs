@@ -249,11 +249,28 @@ fn expire<B, D>(this: LifecycleBodyProj<'_, B>) -> Poll<Option<Result<Frame<D>, 
         });
     }
     if this.tally.grpc {
-        return Poll::Ready(Some(Ok(
-            Frame::trailers(grpc::deadline_exceeded_trailers()),
-        )));
+        return Poll::Ready(Some(Ok(Frame::trailers(grpc::DEADLINE.trailers()))));
     }
     Poll::Ready(Some(Err(Box::new(TimedOut))))
+}
+
+/// How the shutdown ends this body if it reached it while the body is not
+/// complete: checked before each poll without waiting (`cx` is `None`),
+/// and when the inner body waits, registering `cx` to be woken.
+fn reached_by_shutdown(
+    side: &ResponseSide,
+    ending: Option<Ending>,
+    reach: &mut Reach,
+    cx: Option<&mut Context<'_>>,
+) -> Option<Ending> {
+    let ending = ending?;
+    let shared = side.shared().filter(|_| !side.is_complete())?;
+    let token = shared.config.drain.reaches(ending);
+    let reached = match cx {
+        Some(cx) => reach.poll(token, cx),
+        None => token.is_cancelled(),
+    };
+    reached.then_some(ending)
 }
 
 /// The shutdown reached a body that was not complete: it ends as its kind
@@ -279,7 +296,7 @@ fn reached<B, D>(
     }
     match ending {
         Ending::Sse => Poll::Ready(None),
-        Ending::Grpc => Poll::Ready(Some(Ok(Frame::trailers(grpc::unavailable_trailers())))),
+        Ending::Grpc => Poll::Ready(Some(Ok(Frame::trailers(grpc::SHUTDOWN.trailers())))),
         Ending::Cut => Poll::Ready(Some(Err(Box::new(ServerShutdown)))),
     }
 }
@@ -305,15 +322,8 @@ where
         {
             return expire(this);
         }
-        if let Some(ending) = *this.ending {
-            let reached_before = !this.side.is_complete()
-                && this
-                    .side
-                    .shared()
-                    .is_some_and(|shared| shared.config.drain.reaches(ending).is_cancelled());
-            if reached_before {
-                return reached(this, ending);
-            }
+        if let Some(ending) = reached_by_shutdown(this.side, *this.ending, this.reach, None) {
+            return reached(this, ending);
         }
         let mut inner = match this.inner.as_mut().project() {
             InnerProj::Gone => return Poll::Ready(None),
@@ -345,14 +355,10 @@ where
                 if expired {
                     return expire(this);
                 }
-                if let Some(ending) = *this.ending {
-                    let reached_now = !this.side.is_complete()
-                        && this.side.shared().is_some_and(|shared| {
-                            this.reach.poll(shared.config.drain.reaches(ending), cx)
-                        });
-                    if reached_now {
-                        return reached(this, ending);
-                    }
+                if let Some(ending) =
+                    reached_by_shutdown(this.side, *this.ending, this.reach, Some(cx))
+                {
+                    return reached(this, ending);
                 }
             }
             Poll::Ready(Some(Ok(frame))) => {

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::hook::{guarded, make_async, run_sync, BoxFuture, CatchUnwind, Hook, Hooks};
 use crate::state::Shared;
@@ -55,22 +56,23 @@ impl Chain {
     }
 
     /// The request's span, entered while hooks run.
-    fn span(&self) -> Option<tracing::Span> {
-        self.shared.as_ref().and_then(|s| s.span.clone())
+    fn span(&self) -> tracing::Span {
+        self.shared
+            .as_ref()
+            .map_or_else(tracing::Span::none, |s| s.task_span())
     }
 
     fn run(mut self) {
         let span = self.span();
-        let _entered = span.as_ref().map(tracing::Span::enter);
+        let _entered = span.enter();
         while let Some(hook) = self.advance() {
             match self.handle() {
                 Some(handle) => {
-                    let span = span.clone().unwrap_or_else(tracing::Span::none);
                     let rest = async move {
                         CatchUnwind(hook).await;
                         self.run();
                     };
-                    handle.spawn(tracing::Instrument::instrument(rest, span));
+                    handle.spawn(rest.instrument(span.clone()));
                     return;
                 }
                 None => tracing::warn!(
@@ -128,7 +130,7 @@ impl Drop for Chain {
         // dropped unfinished: the runtime is going away, so async hooks can
         // no longer run, but sync hooks and `on_complete` still do.
         let span = self.span();
-        let _entered = span.as_ref().map(tracing::Span::enter);
+        let _entered = span.enter();
         while let Some(fut) = self.advance() {
             drop(fut);
             tracing::warn!(

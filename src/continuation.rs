@@ -23,6 +23,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::chain::Chain;
 use crate::completion::Phase;
@@ -250,7 +251,7 @@ impl Shared {
     pub(crate) fn after_response(self: &Arc<Self>, work: BoxFuture) {
         let Some(guard) = self.add_work() else {
             match Handle::try_current() {
-                Ok(handle) => drop(handle.spawn(self.instrument(work))),
+                Ok(handle) => drop(handle.spawn(work.instrument(self.task_span()))),
                 Err(_) => tracing::warn!(
                     "tower_lifecycle: after_response work outside a tokio runtime was dropped"
                 ),
@@ -352,11 +353,7 @@ impl WorkGuard {
         let shutdown = self.shared().config.drain.cancel.clone();
         let cancel = cancel.unwrap_or_else(|| shutdown.clone());
         let mut guard = self;
-        let span = guard
-            .shared()
-            .span
-            .clone()
-            .unwrap_or_else(tracing::Span::none);
+        let span = guard.shared().task_span();
         let task = async move {
             let shared = guard.shared().clone();
             tokio::select! {
@@ -374,7 +371,7 @@ impl WorkGuard {
             drop(shared);
             drop(guard);
         };
-        handle.spawn(tracing::Instrument::instrument(task, span));
+        handle.spawn(task.instrument(span));
     }
 }
 

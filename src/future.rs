@@ -10,7 +10,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Response, StatusCode};
+use std::sync::Arc;
+
+use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::continuation::{end_in_drop, Detach, Inner};
@@ -19,7 +21,7 @@ use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
 use crate::shutdown::{shutdown_head, Ending, Reach};
-use crate::state::End;
+use crate::state::{End, Shared};
 use crate::tally::Bodiless;
 use crate::timeout::timeout_head;
 use crate::watch::{self, Waiting};
@@ -29,6 +31,33 @@ use crate::LifecycleBody;
 /// never delivered, the connection is shut down.
 fn client_closed_request() -> http::StatusCode {
     http::StatusCode::from_u16(499).expect("a valid status")
+}
+
+/// An answer of the layer's own, with an empty body.
+fn layer_response<B: http_body::Body + Send + 'static>(
+    head: http::response::Builder,
+) -> Response<LifecycleBody<B>> {
+    let response = head.body(()).expect("a valid answer");
+    let status = response.status();
+    response.map(|()| LifecycleBody::empty(status))
+}
+
+/// Answers for a handler the layer cancelled, and ends the response side
+/// with `end`, the answer's head recorded.
+fn answer_for<B: http_body::Body + Send + 'static>(
+    shared: Arc<Shared>,
+    head: http::response::Builder,
+    end: End,
+) -> Response<LifecycleBody<B>> {
+    let at = shared.time_limit().elapsed();
+    let response = layer_response(head);
+    shared.response_done(End {
+        response_status: Some(response.status()),
+        grpc_status: grpc::status(response.headers()),
+        time_to_head: Some(at),
+        ..end
+    });
+    response
 }
 
 pin_project! {
@@ -137,29 +166,16 @@ where
                 // down, so the answer is never delivered.
                 let (shared, _) = this.side.take().expect("checked above");
                 end_in_drop(shared, this.inner, *this.detach, true, End::handler());
-                let status = client_closed_request();
-                let response = Response::builder()
-                    .status(status)
-                    .body(LifecycleBody::empty(status))
-                    .expect("a valid response");
-                return Poll::Ready(Ok(response));
+                let head = Response::builder().status(client_closed_request());
+                return Poll::Ready(Ok(layer_response(head)));
             }
             if this.timer.poll(shared.time_limit(), cx) {
                 // Cancel the handler, then answer for it.
                 this.inner.set(Inner::Gone);
                 let (shared, _) = this.side.take().expect("checked above");
-                let at = shared.time_limit().elapsed();
                 shared.timed_out();
-                let response = timeout_head(*this.grpc, shared.timeout_status())
-                    .body(LifecycleBody::empty(shared.timeout_status()))
-                    .expect("a valid timeout response");
-                shared.response_done(End {
-                    response_status: Some(response.status()),
-                    grpc_status: grpc::status(response.headers()),
-                    time_to_head: Some(at),
-                    ..End::handler()
-                });
-                return Poll::Ready(Ok(response));
+                let head = timeout_head(*this.grpc, shared.timeout_status());
+                return Poll::Ready(Ok(answer_for(shared, head, End::handler())));
             }
             if this
                 .reach
@@ -169,24 +185,12 @@ where
                 // answer for it.
                 this.inner.set(Inner::Gone);
                 let (shared, _) = this.side.take().expect("checked above");
-                let at = shared.time_limit().elapsed();
                 shared.cancelled_by_shutdown();
-                let status = if *this.grpc {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                let response = shutdown_head(*this.grpc)
-                    .body(LifecycleBody::empty(status))
-                    .expect("a valid shutdown response");
-                shared.response_done(End {
-                    response_status: Some(response.status()),
-                    grpc_status: grpc::status(response.headers()),
+                let end = End {
                     shutdown: true,
-                    time_to_head: Some(at),
                     ..End::handler()
-                });
-                return Poll::Ready(Ok(response));
+                };
+                return Poll::Ready(Ok(answer_for(shared, shutdown_head(*this.grpc), end)));
             }
             return Poll::Pending;
         };

@@ -77,47 +77,53 @@ pub(crate) fn status(headers: &HeaderMap) -> Option<i32> {
         .ok()
 }
 
-const GRPC_MESSAGE: &str = "request%20time%20limit%20expired";
-
-/// The trailers that end a gRPC response cut by the time limit.
-pub(crate) fn deadline_exceeded_trailers() -> HeaderMap {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("4"));
-    trailers.insert("grpc-message", HeaderValue::from_static(GRPC_MESSAGE));
-    trailers
+/// A status the layer answers with itself: its `grpc-status` and its
+/// (percent-encoded) `grpc-message`.
+#[derive(Clone, Copy)]
+pub(crate) struct Answer {
+    status: &'static str,
+    message: &'static str,
 }
 
-/// The head of a trailers-only gRPC answer saying `DEADLINE_EXCEEDED`: the
-/// layer's answer when the limit expires before the handler's head.
-pub(crate) fn deadline_exceeded_head() -> http::response::Builder {
-    http::Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
-        .header("grpc-status", HeaderValue::from_static("4"))
-        .header("grpc-message", HeaderValue::from_static(GRPC_MESSAGE))
-}
+/// The time limit expired: `DEADLINE_EXCEEDED`.
+pub(crate) const DEADLINE: Answer = Answer {
+    status: "4",
+    message: "request%20time%20limit%20expired",
+};
 
 /// `grpc-status` 14: the server is going away; clients retry elsewhere.
 pub(crate) const UNAVAILABLE: i32 = 14;
 
-const SHUTDOWN_MESSAGE: &str = "the%20server%20is%20shutting%20down";
+/// The shutdown: `UNAVAILABLE`, which clients retry on another server.
+pub(crate) const SHUTDOWN: Answer = Answer {
+    status: "14",
+    message: "the%20server%20is%20shutting%20down",
+};
 
-/// The trailers a streaming gRPC response ends with when the shutdown
-/// begins: UNAVAILABLE, which clients retry on another server.
-pub(crate) fn unavailable_trailers() -> HeaderMap {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("14"));
-    trailers.insert("grpc-message", HeaderValue::from_static(SHUTDOWN_MESSAGE));
-    trailers
-}
+impl Answer {
+    fn insert(self, headers: &mut HeaderMap) {
+        headers.insert("grpc-status", HeaderValue::from_static(self.status));
+        headers.insert("grpc-message", HeaderValue::from_static(self.message));
+    }
 
-/// A trailers-only gRPC answer: UNAVAILABLE, the server is shutting down.
-pub(crate) fn unavailable_head() -> http::response::Builder {
-    http::Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
-        .header("grpc-status", HeaderValue::from_static("14"))
-        .header("grpc-message", HeaderValue::from_static(SHUTDOWN_MESSAGE))
+    /// The trailers that end a streaming response with this status.
+    pub(crate) fn trailers(self) -> HeaderMap {
+        let mut trailers = HeaderMap::new();
+        self.insert(&mut trailers);
+        trailers
+    }
+
+    /// The head of a trailers-only answer with this status, for a handler
+    /// that had not answered.
+    pub(crate) fn head(self) -> http::response::Builder {
+        let mut head = http::Response::builder()
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        if let Some(headers) = head.headers_mut() {
+            self.insert(headers);
+        }
+        head
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ impl Reach {
 /// UNAVAILABLE for gRPC.
 pub(crate) fn shutdown_head(grpc: bool) -> http::response::Builder {
     if grpc {
-        grpc::unavailable_head()
+        grpc::SHUTDOWN.head()
     } else {
         http::Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)

@@ -269,12 +269,10 @@ impl Shared {
         }
     }
 
-    /// `fut` in the request's span, if it has one.
-    pub(crate) fn instrument<F: std::future::Future>(
-        &self,
-        fut: F,
-    ) -> tracing::instrument::Instrumented<F> {
-        tracing::Instrument::instrument(fut, self.span.clone().unwrap_or_else(tracing::Span::none))
+    /// The request's span, or a disabled one: what a task it starts is
+    /// instrumented with.
+    pub(crate) fn task_span(&self) -> tracing::Span {
+        self.span.clone().unwrap_or_else(tracing::Span::none)
     }
 
     pub(crate) fn remember_runtime(&self) {

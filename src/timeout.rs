@@ -32,7 +32,7 @@ impl std::error::Error for TimedOut {}
 /// (`grpc-status: 4`, DEADLINE_EXCEEDED) for gRPC.
 pub(crate) fn timeout_head(grpc: bool, status: StatusCode) -> http::response::Builder {
     if grpc {
-        grpc::deadline_exceeded_head()
+        grpc::DEADLINE.head()
     } else {
         http::Response::builder()
             .status(status)

@@ -73,10 +73,11 @@ impl ConnectionWatch {
     /// Has the watcher shut the socket down at `at` unless moved again
     /// (`None`: never).
     pub(crate) fn cut_at(&self, at: Option<Instant>) {
-        if at.is_some() {
+        // A watcher whose timer is set is running: only a cut sooner than
+        // it (the first one, say) may need to start it.
+        if self.shared.cut_at(at) {
             self.shared.start();
         }
-        self.shared.cut_at(at);
     }
 
     pub(crate) fn reason(&self) -> Reason {

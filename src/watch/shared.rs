@@ -150,8 +150,8 @@ impl Shared {
     }
 
     /// Moves the cut to `at` (`None`: no cut); wakes the watcher only if
-    /// its timer must go off sooner.
-    pub(super) fn cut_at(&self, at: Option<Instant>) {
+    /// its timer must go off sooner, and says whether it did.
+    pub(super) fn cut_at(&self, at: Option<Instant>) -> bool {
         let mut cut = lock(&self.cut);
         cut.at = at;
         let sooner = match (at, cut.timer) {
@@ -165,6 +165,7 @@ impl Shared {
             // after it registered for the next one.
             self.cut_moved.notify_one();
         }
+        sooner
     }
 
     /// The connection's IO is dropped: the connection is over, and the
