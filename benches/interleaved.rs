@@ -10,6 +10,9 @@
 //! on a current-thread runtime, its body collected. Prints the median
 //! ns/request of each, and its difference from bare and from the floor.
 //!
+//! `ONLY=name` runs one configuration (and skips the contention part), for
+//! a profiler.
+//!
 //! Then contention: the same service driven by one thread, and by two
 //! threads at once (each with its own runtime, sharing the layer), in
 //! interleaved rounds; prints ns/request per thread and the difference.
@@ -100,7 +103,12 @@ fn main() {
     let n = env_or("REQUESTS", 20_000);
     let mut configs = Collect(vec![("floor", floor())]);
     each_config(&mut configs);
-    let configs = configs.0;
+    let mut configs = configs.0;
+    let only = std::env::var("ONLY").ok();
+    if let Some(only) = &only {
+        configs.retain(|(name, _)| name == only);
+        assert!(!configs.is_empty(), "no configuration named {only}");
+    }
 
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     for round in 0..rounds {
@@ -110,7 +118,12 @@ fn main() {
         }
     }
     let medians: Vec<f64> = times.into_iter().map(median).collect();
-    let at = |name: &str| medians[configs.iter().position(|(c, _)| *c == name).unwrap()];
+    let at = |name: &str| {
+        configs
+            .iter()
+            .position(|(c, _)| *c == name)
+            .map_or(f64::NAN, |i| medians[i])
+    };
     let (bare, floor) = (at("bare"), at("floor"));
     println!("## Per request, one thread ({rounds} interleaved rounds of {n})\n");
     println!("| config | ns/request (median) | over bare | over the floor |");
@@ -123,6 +136,9 @@ fn main() {
         );
     }
 
+    if only.is_some() {
+        return;
+    }
     println!(
         "\n## Two threads sharing one layer ({rounds} interleaved rounds of {n} per thread)\n"
     );

@@ -133,7 +133,13 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         if let (Some(connection), Some(shared)) = (&mut connection, side.shared()) {
             connection.cut_at(shared.time_limit().get());
         }
-        let head = side.shared().map(|shared| shared.time_limit().elapsed());
+        let mut side = side;
+        // The time to head only when something could ever read it.
+        let head = if side.unique().is_some_and(|shared| shared.unobserved()) {
+            None
+        } else {
+            side.shared().map(|shared| shared.time_limit().elapsed())
+        };
         let mut body = LifecycleBody {
             inner: Inner::new(inner, boxed),
             side,
@@ -265,10 +271,10 @@ fn reached_by_shutdown(
 ) -> Option<Ending> {
     let ending = ending?;
     let shared = side.shared().filter(|_| !side.is_complete())?;
-    let token = shared.config.drain.reaches(ending);
+    let drain = &shared.config.drain;
     let reached = match cx {
-        Some(cx) => reach.poll(token, cx),
-        None => token.is_cancelled(),
+        Some(cx) => drain.poll_reached(ending, reach, cx),
+        None => drain.has_reached(ending),
     };
     reached.then_some(ending)
 }

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use crate::hook::{guarded, make_async, run_sync, BoxFuture, CatchUnwind, Hook, Hooks};
+use crate::per_thread;
 use crate::state::Shared;
 use crate::Completion;
 
@@ -117,6 +118,7 @@ impl Chain {
                     if let Hooks::Done(token) = std::mem::replace(&mut self.hooks, Hooks::More) {
                         shared.leave(token);
                     }
+                    per_thread::recycle(shared);
                     return None;
                 }
             }

@@ -1,7 +1,6 @@
 //! What the layer hands every request: its settings ([`Config`]) and the
 //! layer-wide hook ([`OnComplete`]).
 
-use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -31,6 +30,9 @@ pub(crate) struct Config {
     /// An event for normal completions too.
     pub(crate) log_normal: bool,
     pub(crate) drain: Arc<DrainState>,
+    /// The layer's own settings, for a thread's copy of them
+    /// ([`per_thread`](crate::per_thread)); `None` in the layer's own.
+    pub(crate) origin: Option<Weak<Config>>,
 }
 
 impl Default for Config {
@@ -45,88 +47,16 @@ impl Default for Config {
             log_level: Some(tracing::Level::DEBUG),
             log_normal: false,
             drain: Arc::default(),
+            origin: None,
         }
     }
 }
 
-thread_local! {
-    /// Per thread, a copy of each layer's settings in use on it, beside a
-    /// weak reference to the layer's own (which keeps its address from
-    /// being reused while the entry exists).
-    static LOCAL: RefCell<Vec<(Weak<Config>, Arc<Config>)>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Config {
-    /// The settings for a request that starts on this thread: a reference
-    /// to this thread's copy of `config`, made on the thread's first
-    /// request with it. Requests on different threads then never write
-    /// the same reference count (the layer's own `Arc` is written only
-    /// once per thread); the copy shares the drain and `on_complete`.
-    /// Copies of layers that are gone are dropped at the next miss.
-    pub(crate) fn local(config: &Arc<Config>) -> Arc<Config> {
-        LOCAL
-            .try_with(|local| {
-                let Ok(mut local) = local.try_borrow_mut() else {
-                    return config.clone();
-                };
-                let found = local
-                    .iter()
-                    .find(|(layer, _)| Weak::as_ptr(layer) == Arc::as_ptr(config));
-                if let Some((_, copy)) = found {
-                    return copy.clone();
-                }
-                local.retain(|(layer, _)| layer.strong_count() > 0);
-                let copy = Arc::new(Config::clone(config));
-                local.push((Arc::downgrade(config), copy.clone()));
-                copy
-            })
-            .unwrap_or_else(|_| config.clone())
-    }
-
     /// Whether a request can continue after its client left at all, which
     /// decides whether the handler's future and an open-ended body are
     /// boxed (movable into a task).
     pub(crate) fn detachable(&self) -> bool {
         self.max_detached > 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::{Config, LOCAL};
-
-    #[test]
-    fn each_thread_has_its_own_copy_dropped_once_the_layer_is_gone() {
-        let config = Arc::new(Config::default());
-        let a = Config::local(&config);
-        let b = Config::local(&config);
-        assert!(Arc::ptr_eq(&a, &b), "one copy per thread");
-        assert!(!Arc::ptr_eq(&a, &config));
-        assert!(Arc::ptr_eq(&a.drain, &config.drain), "the drain is shared");
-        let other = {
-            let config = config.clone();
-            std::thread::spawn(move || Config::local(&config))
-                .join()
-                .unwrap()
-        };
-        assert!(!Arc::ptr_eq(&a, &other), "another thread has its own");
-        // A miss (another layer) keeps the copies of layers still alive.
-        let second = Arc::new(Config::default());
-        let _ = Config::local(&second);
-        assert!(
-            Arc::ptr_eq(&Config::local(&config), &a),
-            "still this thread's copy"
-        );
-        drop(second);
-        let copy = Arc::downgrade(&a);
-        drop((a, b, other));
-        assert!(copy.upgrade().is_some(), "kept while the layer lives");
-        drop(config);
-        // The next miss on this thread drops copies of layers that are gone.
-        let _ = Config::local(&Arc::new(Config::default()));
-        assert!(copy.upgrade().is_none());
-        LOCAL.with(|local| assert_eq!(local.borrow().len(), 1, "the second layer's copy went too"));
     }
 }

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::chain::Chain;
 use crate::completion::Phase;
 use crate::hook::BoxFuture;
+use crate::per_thread;
 use crate::state::{End, Shared, Stage, IGNORE_ABORT, PANICKED};
 use crate::ConnectionStatus;
 
@@ -282,24 +283,28 @@ impl Shared {
     /// The response side ended: starts `after_response` work, then ends the
     /// lifecycle unless continued work is still running.
     pub(crate) fn response_done(self: Arc<Self>, mut end: End) {
+        // Most requests: nothing holds the state, waits or listens any more.
+        let Err(shared) = per_thread::end_unobserved(self, &end) else {
+            return;
+        };
         // One clock read for the end of the body and, when nothing
         // continues, the end of the lifecycle.
-        let now = end.time_to_head.map(|_| self.time_limit().elapsed());
+        let now = end.time_to_head.map(|_| shared.time_limit().elapsed());
         end.time_to_body_end = now;
         if end.panicked {
-            self.set(PANICKED);
+            shared.set(PANICKED);
         }
         let after = {
-            let mut state = self.lock();
+            let mut state = shared.lock();
             state.stage = Stage::Responded(end);
             std::mem::take(&mut state.after_response)
         };
         for work in after {
             // Each was counted in `pending` when registered.
-            WorkGuard::new(self.clone()).start(work, None);
+            WorkGuard::new(shared.clone()).start(work, None);
         }
-        if let Some((completion, hooks)) = self.done_one(Some(end.phase), now) {
-            Chain::start(self, completion, hooks);
+        if let Some((completion, hooks)) = shared.done_one(Some(end.phase), now) {
+            Chain::start(shared, completion, hooks);
         }
     }
 }

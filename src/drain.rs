@@ -6,13 +6,14 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Context;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::in_flight::InFlight;
 
-use crate::shutdown::{Ending, ShuttingDown};
+use crate::shutdown::{Ending, Reach, ShuttingDown};
 
 /// State shared by a layer, its clones, every service it built and every
 /// lifecycle they started.
@@ -34,6 +35,11 @@ pub(crate) struct DrainState {
     /// Lifecycles the end of the grace cut (continued work, a body, a
     /// handler).
     pub(crate) cancelled: AtomicUsize,
+    /// Set just before `begun` and `cancel` are cancelled: what a request
+    /// checks on every poll. `CancellationToken::is_cancelled` takes the
+    /// token's lock, which requests on every thread would share.
+    begun_flag: AtomicBool,
+    cut_flag: AtomicBool,
 }
 
 impl DrainState {
@@ -45,6 +51,40 @@ impl DrainState {
             Ending::Sse | Ending::Grpc => &self.begun,
             Ending::Cut => &self.cancel,
         }
+    }
+
+    /// Whether the shutdown reached a response of this kind already: a
+    /// read of a flag, no lock. (Acquire, with the Release store before
+    /// the token is cancelled: a request that sees the flag sees what was
+    /// done before; one that does not waits on the token.)
+    pub(crate) fn has_reached(&self, ending: Ending) -> bool {
+        match ending {
+            Ending::Sse | Ending::Grpc => self.begun_flag.load(Ordering::Acquire),
+            Ending::Cut => self.cut_flag.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether the shutdown reached a response of this kind; otherwise
+    /// registers `cx` on `reach`, to be woken when it does.
+    pub(crate) fn poll_reached(
+        &self,
+        ending: Ending,
+        reach: &mut Reach,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        self.has_reached(ending) || reach.poll(self.reaches(ending), cx)
+    }
+
+    /// Begins the shutdown: the flag, then the token.
+    fn begin(&self) {
+        self.begun_flag.store(true, Ordering::Release);
+        self.begun.cancel();
+    }
+
+    /// Ends the grace: the flag, then the token.
+    fn cut(&self) {
+        self.cut_flag.store(true, Ordering::Release);
+        self.cancel.cancel();
     }
 }
 
@@ -133,19 +173,19 @@ impl Drain {
     /// [the type's docs](Self#a-shutdown-in-two-steps)). Nothing else is
     /// cut: that is [`shutdown`](Self::shutdown)'s grace.
     pub fn begin(&self) {
-        if !self.state.begun.is_cancelled() {
+        if !self.state.has_reached(Ending::Sse) {
             tracing::debug!(
                 in_flight = self.in_flight(),
                 "tower_lifecycle: the shutdown begins"
             );
         }
         self.set_unready();
-        self.state.begun.cancel();
+        self.state.begin();
     }
 
     /// Whether the shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        self.state.begun.is_cancelled()
+        self.state.has_reached(Ending::Sse)
     }
 
     /// Resolves once the shutdown began, at once if it already has
@@ -226,7 +266,7 @@ impl Drain {
                 ?grace,
                 "tower_lifecycle: grace period over, cancelling the work left"
             );
-            self.state.cancel.cancel();
+            self.state.cut();
             if tokio::time::timeout(grace, self.wait()).await.is_err() {
                 tracing::warn!(
                     in_flight = self.in_flight(),

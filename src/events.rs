@@ -12,6 +12,21 @@ fn eventful(c: &Completion) -> bool {
     !c.status().is_normal() || c.panicked() || c.shutdown()
 }
 
+/// Whether a subscriber could want the layer's event now: the layer has a
+/// level and the level is enabled (a check of two global levels; with no
+/// subscriber, nothing is).
+pub(crate) fn could_log(config: &Config) -> bool {
+    config.log_level.is_some_and(|level| {
+        level <= tracing::level_filters::STATIC_MAX_LEVEL
+            && level <= tracing::level_filters::LevelFilter::current()
+    })
+}
+
+/// Whether a subscriber could want an event for a normal completion.
+pub(crate) fn logs_normal(config: &Config) -> bool {
+    config.log_normal && could_log(config)
+}
+
 /// Emits the request's event at the layer's level, if it has one, the
 /// request is worth one, and a subscriber wants it (`enabled!` is asked
 /// first, so with no subscriber this costs a check of the level).

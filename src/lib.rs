@@ -8,6 +8,7 @@ mod config;
 mod continuation;
 mod deadline;
 mod drain;
+mod end;
 mod events;
 #[cfg(feature = "axum")]
 mod extract;
@@ -18,6 +19,7 @@ mod in_flight;
 mod layer;
 mod lifecycle;
 mod panic;
+mod per_thread;
 mod response_side;
 mod rollout;
 mod service;

@@ -81,7 +81,10 @@ impl Lifecycle {
 
     /// Whether the server's shutdown began ([`Drain::begin`](crate::Drain::begin)).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.config.drain.begun.is_cancelled()
+        self.shared
+            .config
+            .drain
+            .has_reached(crate::shutdown::Ending::Sse)
     }
 
     /// A future that resolves once the server's shutdown began

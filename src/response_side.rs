@@ -52,6 +52,15 @@ impl ResponseSide {
         }
     }
 
+    /// The request's state while the response side is not over, if
+    /// nothing else holds it.
+    pub(crate) fn unique(&mut self) -> Option<&mut Shared> {
+        match &mut self.0 {
+            Stage::Open(shared) | Stage::Complete(shared) => Arc::get_mut(shared),
+            Stage::Ended => None,
+        }
+    }
+
     /// Whether the response side ended.
     pub(crate) fn is_ended(&self) -> bool {
         matches!(self.0, Stage::Ended)

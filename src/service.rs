@@ -12,8 +12,8 @@ use crate::continuation::{detach_handler, Inner};
 use crate::grpc;
 use crate::layer::LifecycleLayer;
 use crate::panic;
+use crate::per_thread;
 use crate::response_side::ResponseSide;
-use crate::state::Shared;
 use crate::tally::Bodiless;
 use crate::watch::{ConnectionWatch, Waiting};
 use crate::{Lifecycle, LifecycleBody, ResponseFuture};
@@ -28,10 +28,22 @@ use crate::{Lifecycle, LifecycleBody, ResponseFuture};
 /// The inner service's future and response body must be `Send + 'static`
 /// (as hyper, axum and tonic servers require anyway): ignore-abort moves
 /// them into a task when the client leaves.
-#[derive(Clone)]
 pub struct LifecycleService<S> {
     inner: S,
     config: Arc<Config>,
+}
+
+/// A clone made on a thread holds that thread's copy of the layer's
+/// settings (see [`per_thread`](crate::per_thread)): servers clone the
+/// service for every connection or request (axum's router does), and
+/// clones on different threads then never write one reference count.
+impl<S: Clone> Clone for LifecycleService<S> {
+    fn clone(&self) -> Self {
+        LifecycleService {
+            inner: self.inner.clone(),
+            config: per_thread::settings(&self.config),
+        }
+    }
 }
 
 impl<S> LifecycleService<S> {
@@ -83,7 +95,7 @@ where
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(Config::local(&self.config), grpc_cap));
+        let shared = per_thread::start(&self.config, grpc_cap);
         let bodiless = Bodiless::of(req.method());
         let connection = req
             .extensions()

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::completion::Phase;
 use crate::config::{Config, OnComplete};
 use crate::deadline::Deadline;
+pub(crate) use crate::end::End;
 use crate::hook::{self, BoxFuture, Hook, Hooks};
 use crate::{Completion, ConnectionStatus};
 
@@ -99,56 +100,12 @@ pub(crate) struct State {
     pub(crate) token: Option<u8>,
 }
 
-/// How the response side of a request ended.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct End {
-    pub(crate) phase: Phase,
-    pub(crate) panicked: bool,
-    pub(crate) response_status: Option<StatusCode>,
-    pub(crate) bytes_sent: u64,
-    pub(crate) body_error: bool,
-    pub(crate) service_error: bool,
-    /// Dropped by the server while its client was still there.
-    pub(crate) cancelled: bool,
-    /// Ended by the shutdown (a stream ended when it began, a body or a
-    /// handler cut when its grace ran out).
-    pub(crate) shutdown: bool,
-    /// The layer cut the body short with an error or a deadline's trailers
-    /// (time limit, end of the shutdown's grace).
-    pub(crate) cut: bool,
-    /// From entering the layer to the response head handed to the server.
-    pub(crate) time_to_head: Option<Duration>,
-    /// From entering the layer to the end of the response body.
-    pub(crate) time_to_body_end: Option<Duration>,
-    pub(crate) grpc_status: Option<i32>,
-}
-
-impl End {
-    pub(crate) fn handler() -> Self {
-        End {
-            phase: Phase::Handler,
-            panicked: false,
-            response_status: None,
-            bytes_sent: 0,
-            body_error: false,
-            service_error: false,
-            cancelled: false,
-            shutdown: false,
-            cut: false,
-            time_to_head: None,
-            time_to_body_end: None,
-            grpc_status: None,
-        }
-    }
-}
-
 impl Shared {
     /// `grpc_cap` is what the request's `grpc-timeout` allows, if any.
     pub(crate) fn new(config: Arc<Config>, grpc_cap: Option<Duration>) -> Self {
-        let bits = if config.ignore_abort { IGNORE_ABORT } else { 0 };
         let token = config.drain.in_flight.enter();
         Shared {
-            bits: AtomicU8::new(bits),
+            bits: AtomicU8::new(initial_bits(&config)),
             pending: AtomicUsize::new(1),
             wake: Notify::new(),
             time_limit: Deadline::new(config.time_limit, grpc_cap),
@@ -159,6 +116,80 @@ impl Shared {
                 ..State::default()
             }),
         }
+    }
+
+    /// Makes an ended state, that nothing else holds, that of a request
+    /// that starts now (see [`per_thread`](crate::per_thread)); the hook
+    /// list and the `after_response` list keep their room.
+    pub(crate) fn restart(&mut self, grpc_cap: Option<Duration>) {
+        *self.bits.get_mut() = initial_bits(&self.config);
+        *self.pending.get_mut() = 1;
+        self.time_limit = Deadline::new(self.config.time_limit, grpc_cap);
+        self.span = current_span();
+        let token = self.config.drain.in_flight.enter();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // The rest was cleared when the lifecycle ended (`end_unobserved`,
+        // `release`).
+        state.detached = false;
+        state.refused = false;
+        state.shutdown_cancelled = false;
+        state.token = Some(token);
+        self.state.clear_poison();
+    }
+
+    /// Drops what an ended lifecycle's state still holds for its request
+    /// (the span, the runtime, the token of its spawned work, the final
+    /// completion), so that it can be kept for [`restart`](Self::restart).
+    pub(crate) fn release(&mut self) {
+        self.span = None;
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.hooks.clear();
+        state.after_response.clear();
+        state.stage = Stage::Running;
+        state.runtime = None;
+        state.work = None;
+    }
+
+    /// Whether nothing could observe this request's completion if it ended
+    /// now: no hook is registered, the layer has no `on_complete`, and no
+    /// subscriber could want the layer's event. With `&mut self` (nothing
+    /// else holds the state), no hook can be registered later either.
+    pub(crate) fn unobserved(&mut self) -> bool {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.hooks.is_empty()
+            && self.config.on_complete.is_none()
+            && !crate::events::could_log(&self.config)
+    }
+
+    /// Ends the lifecycle here and now, the response side having ended
+    /// with `end`, if nothing can observe how it ended: nothing else holds
+    /// the state (`&mut self`), nothing continues, no hook, no
+    /// `on_complete`, and the request ended normally without an event
+    /// wanted for it. Then no [`Completion`] is built and no clock is read:
+    /// the lifecycle leaves the drain's count, and the state is ready for
+    /// [`restart`](Self::restart). False, with nothing changed, otherwise.
+    pub(crate) fn end_unobserved(&mut self, end: &End) -> bool {
+        let normal =
+            *self.bits.get_mut() & (STATUS_BITS | PANICKED) == 0 && !end.panicked && !end.shutdown;
+        let quiet = normal
+            && *self.pending.get_mut() == 1
+            && self.config.on_complete.is_none()
+            && !crate::events::logs_normal(&self.config);
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !quiet
+            || !state.hooks.is_empty()
+            || !state.after_response.is_empty()
+            || state.detached
+            || state.shutdown_cancelled
+        {
+            return false;
+        }
+        *self.pending.get_mut() = 0;
+        let token = state.token.take();
+        self.leave(token);
+        // What the state held for the request goes now, not at its reuse.
+        self.release();
+        true
     }
 
     /// Resolves once ABORTED is set, at once if it already is.
@@ -394,6 +425,15 @@ impl Drop for Shared {
         // dropped with the runtime) still leaves the count.
         let token = self.lock().token.take();
         self.leave(token);
+    }
+}
+
+/// The bits a request starts with: the layer's ignore-abort default.
+fn initial_bits(config: &Config) -> u8 {
+    if config.ignore_abort {
+        IGNORE_ABORT
+    } else {
+        0
     }
 }
 

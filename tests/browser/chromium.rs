@@ -20,6 +20,9 @@ pub(crate) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// on the page) before failing. Longer than the loopback tests' bound: a
 /// browser is slower to start and to answer.
 pub(crate) const WAIT: Duration = Duration::from_secs(15);
+/// How many times a chromedriver and its session are started before the
+/// test fails.
+const SESSION_ATTEMPTS: u32 = 3;
 /// How often a condition on the page is checked.
 pub(crate) const POLL: Duration = Duration::from_millis(50);
 
@@ -41,15 +44,28 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let driver = Driver::start();
-    let client = within(
-        "a chromedriver session",
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities(&driver.profile))
-            .connect(&driver.url()),
-    )
-    .await
-    .expect("could not start a chromedriver session");
+    // A chromedriver that has just started sometimes drops the first
+    // session request (a reset connection, seen on a cold machine): the
+    // setup is tried again with a new chromedriver, the test itself never.
+    let mut attempt = 1;
+    let (driver, client) = loop {
+        let driver = Driver::start();
+        let session = within(
+            "a chromedriver session",
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities(&driver.profile))
+                .connect(&driver.url()),
+        )
+        .await;
+        match session {
+            Ok(client) => break (driver, client),
+            Err(err) if attempt < SESSION_ATTEMPTS => {
+                eprintln!("chromedriver session attempt {attempt} failed ({err}); starting again");
+                attempt += 1;
+            }
+            Err(err) => panic!("could not start a chromedriver session: {err}"),
+        }
+    };
     let outcome = tokio::spawn(scenario(client.clone())).await;
     let closed = tokio::time::timeout(WAIT, client.close()).await;
     if let Err(panic) = outcome {

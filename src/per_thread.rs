@@ -1,0 +1,217 @@
+//! What each thread keeps of a layer: a copy of its settings, and spare
+//! per-request states to start the next requests with.
+//!
+//! Both keep requests on different threads from writing the same memory:
+//! a request counts a reference on its thread's copy of the settings, not
+//! on one `Arc` every worker shares; and a request whose end nobody can
+//! observe hands its state back to the thread it ended on, so that the next
+//! request there reuses it instead of allocating one.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::state::{End, Shared};
+
+/// How many spare states a thread keeps per layer: enough for the requests
+/// a worker finishes between two it starts, few enough to be forgotten.
+const SPARE: usize = 32;
+
+/// One layer, as one thread knows it.
+struct Local {
+    /// The layer's own settings, which this entry outlives only while the
+    /// copy is in use.
+    layer: Weak<Config>,
+    /// This thread's copy.
+    copy: Arc<Config>,
+    /// Per-request states nobody holds any more, ready for reuse; each
+    /// holds `copy`.
+    spare: Vec<Arc<Shared>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The address that identifies a layer: its own settings', for the layer's
+/// `Arc` and for every copy of it.
+fn key(config: &Arc<Config>) -> *const Config {
+    match &config.origin {
+        Some(layer) => layer.as_ptr(),
+        None => Arc::as_ptr(config),
+    }
+}
+
+/// Runs `f` on this thread's entry for `config`'s layer, made on the
+/// thread's first use of it; `None` when the thread's storage is gone or
+/// busy (a destructor running during the thread's exit).
+fn with_local<T>(config: &Arc<Config>, f: impl FnOnce(&mut Local) -> T) -> Option<T> {
+    LOCAL
+        .try_with(|local| {
+            let mut local = local.try_borrow_mut().ok()?;
+            let key = key(config);
+            let at = match local.iter().position(|l| l.layer.as_ptr() == key) {
+                Some(at) => at,
+                None => {
+                    // A miss: forget the layers that are gone and whose copy
+                    // nothing else on this thread holds.
+                    local.retain(|l| {
+                        l.layer.strong_count() > 0 || Arc::strong_count(&l.copy) > 1 + l.spare.len()
+                    });
+                    let layer = config
+                        .origin
+                        .clone()
+                        .unwrap_or_else(|| Arc::downgrade(config));
+                    let copy = Arc::new(Config {
+                        origin: Some(layer.clone()),
+                        ..Config::clone(config)
+                    });
+                    local.push(Local {
+                        layer,
+                        copy,
+                        spare: Vec::new(),
+                    });
+                    local.len() - 1
+                }
+            };
+            Some(f(&mut local[at]))
+        })
+        .ok()
+        .flatten()
+}
+
+/// This thread's copy of `config`'s layer settings: what a clone of the
+/// service made on this thread holds, and what its requests count on.
+pub(crate) fn settings(config: &Arc<Config>) -> Arc<Config> {
+    with_local(config, |local| local.copy.clone()).unwrap_or_else(|| config.clone())
+}
+
+/// The state of a request that starts now on this thread: a spare one
+/// reset, or a new one.
+pub(crate) fn start(config: &Arc<Config>, grpc_cap: Option<Duration>) -> Arc<Shared> {
+    let reused = with_local(config, |local| match local.spare.pop() {
+        Some(mut shared) => {
+            match Arc::get_mut(&mut shared) {
+                Some(state) => state.restart(grpc_cap),
+                // Only unique states are kept: unreachable, but a new
+                // state is always right.
+                None => return Arc::new(Shared::new(local.copy.clone(), grpc_cap)),
+            }
+            shared
+        }
+        None => Arc::new(Shared::new(local.copy.clone(), grpc_cap)),
+    });
+    reused.unwrap_or_else(|| Arc::new(Shared::new(config.clone(), grpc_cap)))
+}
+
+/// Ends the lifecycle at once if nothing can observe its end (see
+/// [`Shared::end_unobserved`]), and keeps its state for this thread's next
+/// request; gives the state back otherwise.
+pub(crate) fn end_unobserved(mut shared: Arc<Shared>, end: &End) -> Result<(), Arc<Shared>> {
+    let Some(state) = Arc::get_mut(&mut shared) else {
+        return Err(shared);
+    };
+    if !state.end_unobserved(end) {
+        return Err(shared);
+    }
+    keep(shared);
+    Ok(())
+}
+
+/// Keeps the state of a lifecycle that ended (its hooks ran, it left the
+/// drain) for this thread's next request, if nothing else holds it.
+pub(crate) fn recycle(mut shared: Arc<Shared>) {
+    if let Some(state) = Arc::get_mut(&mut shared) {
+        state.release();
+        keep(shared);
+    }
+}
+
+/// Keeps an ended, unique state as a spare on this thread, when the thread
+/// has room for it under its layer's copy; drops it otherwise.
+fn keep(shared: Arc<Shared>) {
+    let config = shared.config.clone();
+    let mut shared = Some(shared);
+    with_local(&config, |local| {
+        if Arc::ptr_eq(&local.copy, &config) && local.spare.len() < SPARE {
+            local.spare.extend(shared.take());
+        }
+    });
+    // Dropped here if not kept, outside the thread's storage.
+    drop(shared);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{settings, start, LOCAL};
+    use crate::config::Config;
+    use crate::state::End;
+
+    fn entries() -> usize {
+        LOCAL.with(|local| local.borrow().len())
+    }
+
+    #[test]
+    fn each_thread_has_its_own_copy_dropped_once_the_layer_is_gone() {
+        let config = Arc::new(Config::default());
+        let a = settings(&config);
+        let b = settings(&config);
+        assert!(Arc::ptr_eq(&a, &b), "one copy per thread");
+        assert!(!Arc::ptr_eq(&a, &config));
+        assert!(Arc::ptr_eq(&a.drain, &config.drain), "the drain is shared");
+        assert!(Arc::ptr_eq(&settings(&a), &a), "a copy finds its own layer");
+        let other = {
+            let config = config.clone();
+            std::thread::spawn(move || settings(&config))
+                .join()
+                .unwrap()
+        };
+        assert!(!Arc::ptr_eq(&a, &other), "another thread has its own");
+        // A miss (another layer) keeps the copies of layers still alive.
+        let second = Arc::new(Config::default());
+        let _ = settings(&second);
+        assert!(
+            Arc::ptr_eq(&settings(&config), &a),
+            "still this thread's copy"
+        );
+        drop(second);
+        let copy = Arc::downgrade(&a);
+        drop(config);
+        // The layer is gone, but a service clone still holds the copy.
+        let _ = settings(&Arc::new(Config::default()));
+        assert!(copy.upgrade().is_some(), "kept while a copy is in use");
+        assert!(Arc::ptr_eq(&settings(&a), &a), "and still found");
+        drop((a, b, other));
+        // The next miss on this thread drops copies of layers that are gone.
+        let _ = settings(&Arc::new(Config::default()));
+        assert!(copy.upgrade().is_none());
+        assert_eq!(entries(), 1, "only the newest layer's copy is left");
+    }
+
+    #[test]
+    fn an_unobserved_end_keeps_the_state_for_the_next_request() {
+        let config = Arc::new(Config::default());
+        let first = start(&config, None);
+        let address = Arc::as_ptr(&first);
+        assert_eq!(config.drain.in_flight.len(), 1);
+        super::end_unobserved(first, &End::handler())
+            .unwrap_or_else(|_| panic!("nothing observes this end"));
+        assert_eq!(config.drain.in_flight.len(), 0, "it left the drain");
+        let second = start(&config, None);
+        assert_eq!(Arc::as_ptr(&second), address, "the same state, reused");
+        assert_eq!(config.drain.in_flight.len(), 1);
+        assert!(second.status().is_normal());
+
+        // A second holder (a `Lifecycle` handle) can still register a hook:
+        // the end is observed, and the state given back.
+        let handle = second.clone();
+        let second = super::end_unobserved(second, &End::handler()).expect_err("a handle is alive");
+        drop(handle);
+        // A hook registered earlier is observed too.
+        second.register(crate::hook::Hook::Sync(Box::new(|_| {})));
+        assert!(super::end_unobserved(second, &End::handler()).is_err());
+    }
+}
