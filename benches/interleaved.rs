@@ -3,7 +3,9 @@
 //! The layer's cost per request, for ratios: every configuration of
 //! `support::each_config` plus a *floor* (a service that inserts one `Arc`
 //! handle into the request's extensions, the least any design that hands
-//! the handler a status must pay), run in `ROUNDS` (7) interleaved rounds of
+//! the handler a status must pay) and a *timed floor* (the same, its handle
+//! holding the time the request came in: one clock read more, the least a
+//! design that also reports how long requests took must pay), run in `ROUNDS` (7) interleaved rounds of
 //! `REQUESTS` (20,000) requests each, the order rotated every round, so that
 //! the machine's drift hits every configuration alike (criterion runs them
 //! one after another). Each request is `oneshot` on a clone of the service
@@ -13,9 +15,12 @@
 //! `ONLY=name` runs one configuration (and skips the contention part), for
 //! a profiler.
 //!
-//! Then contention: the same service driven by one thread, and by two
-//! threads at once (each with its own runtime, sharing the layer), in
-//! interleaved rounds; prints ns/request per thread and the difference.
+//! Then contention, in rotated interleaved rounds: the same service driven
+//! by one thread; by two threads at once, each with its own runtime and a
+//! service built from a layer of its own; and by two threads sharing one
+//! service. Prints ns/request per thread; the difference between the last
+//! two is what sharing the layer costs, apart from what two busy threads
+//! cost each other on the machine.
 
 mod support;
 
@@ -88,6 +93,21 @@ fn floor() -> Run {
     )
 }
 
+/// The floor of a design that also reports how long a request took: the
+/// handle it inserts holds the time the request came in (one clock read,
+/// tokio's clock, as the layer reads it).
+fn floor_timed() -> Run {
+    runner(
+        ServiceBuilder::new()
+            .map_request(|mut req: Request<()>| {
+                req.extensions_mut()
+                    .insert(Arc::new(tokio::time::Instant::now()));
+                req
+            })
+            .service_fn(hello),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -101,7 +121,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken.
     let rounds = env_or("ROUNDS", 7);
     let n = env_or("REQUESTS", 20_000);
-    let mut configs = Collect(vec![("floor", floor())]);
+    let mut configs = Collect(vec![("floor", floor()), ("floor_timed", floor_timed())]);
     each_config(&mut configs);
     let mut configs = configs.0;
     let only = std::env::var("ONLY").ok();
@@ -124,38 +144,54 @@ fn main() {
             .position(|(c, _)| *c == name)
             .map_or(f64::NAN, |i| medians[i])
     };
-    let (bare, floor) = (at("bare"), at("floor"));
+    let (bare, floor_ns, timed) = (at("bare"), at("floor"), at("floor_timed"));
     println!("## Per request, one thread ({rounds} interleaved rounds of {n})\n");
-    println!("| config | ns/request (median) | over bare | over the floor |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| config | ns/request (median) | over bare | over the floor | over the timed floor |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
     for ((name, _), ns) in configs.iter().zip(&medians) {
         println!(
-            "| {name} | {ns:.0} | {:+.0} | {:+.0} |",
+            "| {name} | {ns:.0} | {:+.0} | {:+.0} | {:+.0} |",
             ns - bare,
-            ns - floor
+            ns - floor_ns,
+            ns - timed
         );
     }
 
     if only.is_some() {
         return;
     }
+    // The same configurations again, built from layers of their own: what
+    // the second thread drives when the two share nothing.
+    let mut own = Collect(vec![("floor", floor())]);
+    each_config(&mut own);
+    let own = own.0;
+    println!("\n## Two threads ({rounds} interleaved rounds of {n} per thread)\n");
     println!(
-        "\n## Two threads sharing one layer ({rounds} interleaved rounds of {n} per thread)\n"
+        "Per thread: one thread alone; two threads, each with a layer of its own; \
+         two threads sharing one layer. The two-thread rows pay for sharing the \
+         machine (its caches, its clock frequency, the allocator); only the last \
+         column is the cost of sharing the layer.\n"
     );
     println!(
-        "| config | one thread, ns/request | two threads, ns/request per thread | difference |"
+        "| config | one thread | two, own layers | two, one layer | sharing the layer costs |"
     );
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let find = |set: &[(&'static str, Run)], name: &str| {
+        set.iter().find(|(c, _)| *c == name).unwrap().1.clone()
+    };
     for name in ["bare", "floor", "lifecycle_default", "lifecycle_full"] {
-        let run = configs.iter().find(|(c, _)| *c == name).unwrap().1.clone();
-        let (mut one, mut two) = (Vec::new(), Vec::new());
+        let (run, other) = (find(&configs, name), find(&own, name));
+        let (mut one, mut apart, mut shared) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let single = || ns_per_request(run(n), n);
-            let pair = || {
+            let pair = |second: &Run| {
                 let barrier = Arc::new(Barrier::new(2));
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (run, barrier) = (run.clone(), barrier.clone());
+                let threads: Vec<_> = [run.clone(), second.clone()]
+                    .into_iter()
+                    .map(|run| {
+                        let barrier = barrier.clone();
                         std::thread::spawn(move || {
                             barrier.wait();
                             run(n)
@@ -165,16 +201,20 @@ fn main() {
                 let total: Duration = threads.into_iter().map(|t| t.join().unwrap()).sum();
                 ns_per_request(total / 2, n)
             };
-            if round % 2 == 0 {
-                one.push(single());
-                two.push(pair());
-            } else {
-                two.push(pair());
-                one.push(single());
+            // The order rotates with the round.
+            for k in 0..3 {
+                match (k + round) % 3 {
+                    0 => one.push(single()),
+                    1 => apart.push(pair(&other)),
+                    _ => shared.push(pair(&run)),
+                }
             }
         }
-        let (one, two) = (median(one), median(two));
-        println!("| {name} | {one:.0} | {two:.0} | {:+.0} |", two - one);
+        let (one, apart, shared) = (median(one), median(apart), median(shared));
+        println!(
+            "| {name} | {one:.0} | {apart:.0} | {shared:.0} | {:+.0} |",
+            shared - apart
+        );
     }
     println!("\nThe machine's cores are shared with whatever else runs: compare rows of one run.");
 }

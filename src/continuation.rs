@@ -2,8 +2,10 @@
 //! and the other work that outlives the response side: one word for all of
 //! it, *continued* work.
 //!
-//! - [`Inner`] holds the handler's future or the body, inline or boxed so
-//!   that it can be moved into a task;
+//! - [`Inner`] holds the body, inline or boxed so that it can be moved into
+//!   a task (the handler's future is always boxed: see
+//!   [`ResponseFuture`](crate::ResponseFuture)); [`Slot`] is what both
+//!   offer the end of a response side;
 //! - [`end_in_drop`] is how the response future and body end when they are
 //!   dropped: an abort, then, by the ignore-abort policy read at that
 //!   moment, the inner value continues in a task ([`Detach`]) or is
@@ -83,6 +85,46 @@ impl<'a, F> InnerProj<'a, F> {
     }
 }
 
+/// Where the inner value (a handler's future, a body) lives, as
+/// [`end_in_drop`] needs it: whether it could move into a task, giving it
+/// up to do so, and dropping it.
+pub(crate) trait Slot<T> {
+    /// Whether the value can be moved into a task.
+    fn is_boxed(&self) -> bool;
+    /// Takes a boxed value out (to move it into a task).
+    fn take_boxed(&mut self) -> Option<Pin<Box<T>>>;
+    /// Drops the value now, so that its own cleanup runs before the hooks.
+    fn clear(&mut self);
+}
+
+impl<T> Slot<T> for Pin<&mut Inner<T>> {
+    fn is_boxed(&self) -> bool {
+        Inner::is_boxed(self)
+    }
+
+    fn take_boxed(&mut self) -> Option<Pin<Box<T>>> {
+        self.as_mut().project().take()
+    }
+
+    fn clear(&mut self) {
+        self.set(Inner::Gone);
+    }
+}
+
+impl<T> Slot<T> for &mut Option<Pin<Box<T>>> {
+    fn is_boxed(&self) -> bool {
+        self.is_some()
+    }
+
+    fn take_boxed(&mut self) -> Option<Pin<Box<T>>> {
+        self.take()
+    }
+
+    fn clear(&mut self) {
+        **self = None;
+    }
+}
+
 /// Runs an inner value (a handler's future, a body) to its end in a task.
 ///
 /// A function pointer, not a trait bound on the future or body: the
@@ -99,7 +141,7 @@ pub(crate) type Detach<F> = fn(Pin<Box<F>>, &Handle, WorkGuard);
 /// cleanup has run when the hooks see the outcome, and ends with `end`.
 pub(crate) fn end_in_drop<T>(
     shared: Arc<Shared>,
-    mut inner: Pin<&mut Inner<T>>,
+    mut inner: impl Slot<T>,
     detach: Detach<T>,
     aborted: bool,
     end: End,
@@ -117,13 +159,12 @@ pub(crate) fn end_in_drop<T>(
             shared.timed_out();
         }
         if let Some(handle) = shared.abort(inner.is_boxed()) {
-            if let (Some(value), Some(guard)) = (inner.as_mut().project().take(), shared.add_work())
-            {
+            if let (Some(value), Some(guard)) = (inner.take_boxed(), shared.add_work()) {
                 detach(value, &handle, guard);
             }
         }
     }
-    inner.set(Inner::Gone);
+    inner.clear();
     shared.response_done(end);
 }
 
@@ -189,6 +230,9 @@ impl Shared {
     /// handler future or open-ended body). Without it and without spawned
     /// work, there is nothing to continue, and no slot is taken.
     pub(crate) fn abort(&self, movable: bool) -> Option<Handle> {
+        // The handler's future is boxed whatever the settings; with
+        // `max_detached(0)` it still cannot continue.
+        let movable = movable && self.detachable();
         self.set(ConnectionStatus::ABORTED.bits());
         let spawned = self.lock().work.is_some();
         if (movable || spawned) && self.bits.load(Ordering::Acquire) & IGNORE_ABORT != 0 {

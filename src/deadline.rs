@@ -40,6 +40,7 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// A deadline `limit` from now, capped by `cap` (a gRPC client's
     /// deadline) when there is one.
+    #[inline]
     pub(crate) fn new(limit: Option<Duration>, cap: Option<Duration>) -> Self {
         let cap = cap.map_or(NONE, nanos);
         Deadline {
@@ -50,11 +51,13 @@ impl Deadline {
     }
 
     /// How long since the request entered the layer.
+    #[inline]
     pub(crate) fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
 
     /// When the limit expires, or `None` without one.
+    #[inline]
     pub(crate) fn get(&self) -> Option<Instant> {
         match self.at.load(Ordering::Acquire) {
             NONE => None,
@@ -64,6 +67,7 @@ impl Deadline {
 
     /// Whether a deadline is set and has passed (reads the clock only when
     /// one is set).
+    #[inline]
     pub(crate) fn passed(&self) -> bool {
         self.get().is_some_and(|d| d <= Instant::now())
     }

@@ -57,6 +57,7 @@ impl DrainState {
     /// read of a flag, no lock. (Acquire, with the Release store before
     /// the token is cancelled: a request that sees the flag sees what was
     /// done before; one that does not waits on the token.)
+    #[inline]
     pub(crate) fn has_reached(&self, ending: Ending) -> bool {
         match ending {
             Ending::Sse | Ending::Grpc => self.begun_flag.load(Ordering::Acquire),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::continuation::{end_in_drop, Detach, Inner};
+use crate::continuation::{end_in_drop, Detach};
 use crate::deadline::Timer;
 use crate::grpc;
 use crate::panic;
@@ -70,9 +70,15 @@ pin_project! {
     /// If ignore-abort is on at that moment, the inner future keeps running
     /// in a task until it ends, and its response is discarded. Once it
     /// resolves, the response body takes over.
+    ///
+    /// The inner future is boxed, whatever the settings: ignore-abort can
+    /// only move a future into a task if it lives on the heap from the
+    /// start, and a response future that does not reserve room for the
+    /// handler's future stays small when the server moves it.
     pub struct ResponseFuture<F> {
-        #[pin]
-        inner: Inner<F>,
+        // Boxed, so that ignore-abort can move it into a task; `None` once
+        // it was dropped or moved.
+        inner: Option<Pin<Box<F>>>,
         side: ResponseSide,
         timer: Timer,
         detach: Detach<F>,
@@ -115,7 +121,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
-        inner: Inner<F>,
+        inner: Pin<Box<F>>,
         side: ResponseSide,
         detach: Detach<F>,
         bodiless: Bodiless,
@@ -123,7 +129,7 @@ impl<F> ResponseFuture<F> {
         connection: Option<Waiting>,
     ) -> Self {
         ResponseFuture {
-            inner,
+            inner: Some(inner),
             side,
             timer: Timer::default(),
             detach,
@@ -144,10 +150,15 @@ where
     type Output = Result<Response<LifecycleBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         *this.polling = true;
         let panics = panic::count();
-        let result = this.inner.as_mut().project().get().poll(cx);
+        let result = this
+            .inner
+            .as_mut()
+            .expect("ResponseFuture polled after it completed")
+            .as_mut()
+            .poll(cx);
         *this.polling = false;
         if panic::count() != panics {
             // A panic caught inside (CatchPanicLayer's 500, say).
@@ -171,7 +182,7 @@ where
             }
             if this.timer.poll(shared.time_limit(), cx) {
                 // Cancel the handler, then answer for it.
-                this.inner.set(Inner::Gone);
+                *this.inner = None;
                 let (shared, _) = this.side.take().expect("checked above");
                 shared.timed_out();
                 let head = timeout_head(*this.grpc, shared.timeout_status());
@@ -184,7 +195,7 @@ where
             {
                 // The shutdown's grace ran out: cancel the handler, then
                 // answer for it.
-                this.inner.set(Inner::Gone);
+                *this.inner = None;
                 let (shared, _) = this.side.take().expect("checked above");
                 shared.cancelled_by_shutdown();
                 let end = End {

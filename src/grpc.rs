@@ -8,6 +8,7 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 
 /// Whether the request is gRPC (`content-type: application/grpc…`).
+#[inline]
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)

@@ -29,6 +29,7 @@ pub(crate) struct InFlight {
 }
 
 /// The shard of the current thread, taken in turn when it first counts.
+#[inline]
 fn shard_of_this_thread() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -39,6 +40,7 @@ fn shard_of_this_thread() -> usize {
 
 impl InFlight {
     /// Counts a lifecycle in; returns its shard, for [`leave`](Self::leave).
+    #[inline]
     pub(crate) fn enter(&self) -> u8 {
         let shard = shard_of_this_thread();
         // Relaxed: nothing is published by entering; a waiter only needs

@@ -117,10 +117,11 @@ impl LifecycleLayer {
     /// is shared by every service built from this layer and its clones.
     ///
     /// `max_detached(0)` turns continuing off altogether. It also saves the
-    /// allocations that keep the handler's future and an open-ended response
-    /// body movable into a task (they live inline then). A body with an
-    /// exact size hint (`Full`, `Empty`) is never boxed: it has no producer
-    /// to keep alive.
+    /// allocation that keeps an open-ended response body movable into a
+    /// task (it lives inline then). A body with an exact size hint (`Full`,
+    /// `Empty`) is never boxed: it has no producer to keep alive. The
+    /// handler's future is boxed either way (see
+    /// [`ResponseFuture`](crate::ResponseFuture)).
     pub fn max_detached(mut self, max: usize) -> Self {
         Arc::make_mut(&mut self.config).max_detached = max;
         self

@@ -62,6 +62,7 @@ pub(crate) fn ensure_installed() {
 }
 
 /// The number of panics that started on this thread so far.
+#[inline]
 pub(crate) fn count() -> u64 {
     PANICS.try_with(Cell::get).unwrap_or(0)
 }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::state::{End, Shared};
 
-/// How many spare states a thread keeps per layer: enough for the requests
-/// a worker finishes between two it starts, few enough to be forgotten.
-const SPARE: usize = 32;
+/// How many spare states a thread keeps, of all layers: enough for the
+/// requests a worker finishes between two it starts, few enough that what
+/// they hold on to (the settings they were made with) is soon let go.
+const SPARE_MAX: usize = 16;
 
 /// One layer, as one thread knows it.
 struct Local {
@@ -25,13 +26,13 @@ struct Local {
     layer: Weak<Config>,
     /// This thread's copy.
     copy: Arc<Config>,
-    /// Per-request states nobody holds any more, ready for reuse; each
-    /// holds `copy`.
-    spare: Vec<Arc<Shared>>,
 }
 
 thread_local! {
     static LOCAL: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+    /// Per-request states nobody holds any more, ready for reuse, each
+    /// with the settings it was made with.
+    static SPARE: RefCell<Vec<Arc<Shared>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The address that identifies a layer: its own settings', for the layer's
@@ -43,66 +44,65 @@ fn key(config: &Arc<Config>) -> *const Config {
     }
 }
 
-/// Runs `f` on this thread's entry for `config`'s layer, made on the
-/// thread's first use of it; `None` when the thread's storage is gone or
-/// busy (a destructor running during the thread's exit).
-fn with_local<T>(config: &Arc<Config>, f: impl FnOnce(&mut Local) -> T) -> Option<T> {
+/// This thread's copy of `config`'s layer settings, made on the thread's
+/// first use of the layer: what a clone of the service made on this thread
+/// holds, and so what its requests count on.
+pub(crate) fn settings(config: &Arc<Config>) -> Arc<Config> {
     LOCAL
         .try_with(|local| {
             let mut local = local.try_borrow_mut().ok()?;
+            if let Some(found) = local.iter().find(|l| Arc::ptr_eq(&l.copy, config)) {
+                return Some(found.copy.clone());
+            }
             let key = key(config);
-            let at = match local.iter().position(|l| l.layer.as_ptr() == key) {
-                Some(at) => at,
-                None => {
-                    // A miss: forget the layers that are gone and whose copy
-                    // nothing else on this thread holds.
-                    local.retain(|l| {
-                        l.layer.strong_count() > 0 || Arc::strong_count(&l.copy) > 1 + l.spare.len()
-                    });
-                    let layer = config
-                        .origin
-                        .clone()
-                        .unwrap_or_else(|| Arc::downgrade(config));
-                    let copy = Arc::new(Config {
-                        origin: Some(layer.clone()),
-                        ..Config::clone(config)
-                    });
-                    local.push(Local {
-                        layer,
-                        copy,
-                        spare: Vec::new(),
-                    });
-                    local.len() - 1
-                }
-            };
-            Some(f(&mut local[at]))
+            if let Some(found) = local.iter().find(|l| l.layer.as_ptr() == key) {
+                return Some(found.copy.clone());
+            }
+            // A miss: let go of the spare states (which hold the settings
+            // they were made with), then forget the layers that are gone
+            // and whose copy nothing else holds.
+            drop(SPARE.try_with(|spare| spare.take()));
+            local.retain(|l| l.layer.strong_count() > 0 || Arc::strong_count(&l.copy) > 1);
+            let layer = config
+                .origin
+                .clone()
+                .unwrap_or_else(|| Arc::downgrade(config));
+            let copy = Arc::new(Config {
+                origin: Some(layer.clone()),
+                ..Config::clone(config)
+            });
+            local.push(Local {
+                layer,
+                copy: copy.clone(),
+            });
+            Some(copy)
         })
         .ok()
         .flatten()
+        .unwrap_or_else(|| config.clone())
 }
 
-/// This thread's copy of `config`'s layer settings: what a clone of the
-/// service made on this thread holds, and what its requests count on.
-pub(crate) fn settings(config: &Arc<Config>) -> Arc<Config> {
-    with_local(config, |local| local.copy.clone()).unwrap_or_else(|| config.clone())
-}
-
-/// The state of a request that starts now on this thread: a spare one
-/// reset, or a new one.
+/// The state of a request that starts now on this thread with `config`: a
+/// spare one made with the same settings, reset, or a new one.
 pub(crate) fn start(config: &Arc<Config>, grpc_cap: Option<Duration>) -> Arc<Shared> {
-    let reused = with_local(config, |local| match local.spare.pop() {
-        Some(mut shared) => {
-            match Arc::get_mut(&mut shared) {
-                Some(state) => state.restart(grpc_cap),
-                // Only unique states are kept: unreachable, but a new
-                // state is always right.
-                None => return Arc::new(Shared::new(local.copy.clone(), grpc_cap)),
-            }
-            shared
+    let spare = SPARE
+        .try_with(|spare| {
+            let mut spare = spare.try_borrow_mut().ok()?;
+            let at = spare
+                .iter()
+                .rposition(|shared| Arc::ptr_eq(&shared.config, config))?;
+            Some(spare.swap_remove(at))
+        })
+        .ok()
+        .flatten();
+    if let Some(mut shared) = spare {
+        // Only states nothing else holds are kept.
+        if let Some(state) = Arc::get_mut(&mut shared) {
+            state.restart(grpc_cap);
+            return shared;
         }
-        None => Arc::new(Shared::new(local.copy.clone(), grpc_cap)),
-    });
-    reused.unwrap_or_else(|| Arc::new(Shared::new(config.clone(), grpc_cap)))
+    }
+    Arc::new(Shared::new(config.clone(), grpc_cap))
 }
 
 /// Ends the lifecycle at once if nothing can observe its end (see
@@ -128,14 +128,15 @@ pub(crate) fn recycle(mut shared: Arc<Shared>) {
     }
 }
 
-/// Keeps an ended, unique state as a spare on this thread, when the thread
-/// has room for it under its layer's copy; drops it otherwise.
+/// Keeps an ended state that nothing else holds as a spare on this thread,
+/// when the thread has room; drops it otherwise.
 fn keep(shared: Arc<Shared>) {
-    let config = shared.config.clone();
     let mut shared = Some(shared);
-    with_local(&config, |local| {
-        if Arc::ptr_eq(&local.copy, &config) && local.spare.len() < SPARE {
-            local.spare.extend(shared.take());
+    let _ = SPARE.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < SPARE_MAX {
+                spare.extend(shared.take());
+            }
         }
     });
     // Dropped here if not kept, outside the thread's storage.

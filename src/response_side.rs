@@ -34,6 +34,7 @@ enum Stage {
 
 impl ResponseSide {
     /// A response side that has not ended.
+    #[inline]
     pub(crate) fn open(shared: Arc<Shared>) -> Self {
         ResponseSide(Stage::Open(shared))
     }
@@ -45,6 +46,7 @@ impl ResponseSide {
     }
 
     /// The request's state while the response side is not over.
+    #[inline]
     pub(crate) fn shared(&self) -> Option<&Arc<Shared>> {
         match &self.0 {
             Stage::Open(shared) | Stage::Complete(shared) => Some(shared),
@@ -54,6 +56,7 @@ impl ResponseSide {
 
     /// The request's state while the response side is not over, if
     /// nothing else holds it.
+    #[inline]
     pub(crate) fn unique(&mut self) -> Option<&mut Shared> {
         match &mut self.0 {
             Stage::Open(shared) | Stage::Complete(shared) => Arc::get_mut(shared),
@@ -62,16 +65,19 @@ impl ResponseSide {
     }
 
     /// Whether the response side ended.
+    #[inline]
     pub(crate) fn is_ended(&self) -> bool {
         matches!(self.0, Stage::Ended)
     }
 
     /// Whether it is complete (or ended): a drop now is no abort.
+    #[inline]
     pub(crate) fn is_complete(&self) -> bool {
         !matches!(self.0, Stage::Open(_))
     }
 
     /// The body reached a point where it is complete.
+    #[inline]
     pub(crate) fn complete(&mut self) {
         self.0 = match mem::replace(&mut self.0, Stage::Ended) {
             Stage::Open(shared) | Stage::Complete(shared) => Stage::Complete(shared),
@@ -80,12 +86,14 @@ impl ResponseSide {
     }
 
     /// Moves the response side to its next holder, leaving it ended here.
+    #[inline]
     pub(crate) fn hand_over(&mut self) -> ResponseSide {
         ResponseSide(mem::replace(&mut self.0, Stage::Ended))
     }
 
     /// Takes the state out to end the response side, with whether it was
     /// complete; `None` if it had ended.
+    #[inline]
     pub(crate) fn take(&mut self) -> Option<(Arc<Shared>, bool)> {
         match mem::replace(&mut self.0, Stage::Ended) {
             Stage::Open(shared) => Some((shared, false)),
@@ -95,6 +103,7 @@ impl ResponseSide {
     }
 
     /// Ends the response side with `end` (no-op once ended).
+    #[inline]
     pub(crate) fn end(&mut self, end: End) {
         if let Some((shared, _)) = self.take() {
             shared.response_done(end);

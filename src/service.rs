@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::config::Config;
-use crate::continuation::{detach_handler, Inner};
+use crate::continuation::detach_handler;
 use crate::grpc;
 use crate::layer::LifecycleLayer;
 use crate::panic;
@@ -114,9 +114,8 @@ where
                 shared.panicked();
             }
         }
-        let inner = Inner::new(future, self.config.detachable());
         ResponseFuture::new(
-            inner,
+            Box::pin(future),
             side,
             detach_handler::<S::Future, ResBody, S::Error>,
             bodiless,

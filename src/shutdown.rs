@@ -98,6 +98,7 @@ impl Ending {
     /// How a response with these headers ends; `None` for a body whose
     /// size is known exactly (`Full`, `Empty`: already in memory, nothing
     /// open-ended to cut, even after the grace).
+    #[inline]
     pub(crate) fn of(grpc: bool, headers: &HeaderMap, exact: bool) -> Option<Self> {
         if grpc {
             Some(Ending::Grpc)

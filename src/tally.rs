@@ -21,6 +21,7 @@ pub(crate) enum Bodiless {
 }
 
 impl Bodiless {
+    #[inline]
     pub(crate) fn of(method: &Method) -> Self {
         if method == Method::HEAD {
             Bodiless::Head
@@ -31,6 +32,7 @@ impl Bodiless {
         }
     }
 
+    #[inline]
     pub(crate) fn response(self, status: StatusCode) -> bool {
         match self {
             Bodiless::No => {
@@ -60,6 +62,7 @@ pub(crate) struct Tally {
 
 impl Tally {
     /// How the body phase ended, so far.
+    #[inline]
     pub(crate) fn end(&self) -> End {
         End {
             phase: Phase::Body,
@@ -72,6 +75,7 @@ impl Tally {
     }
 
     /// Counts a frame; true when the body is complete with it.
+    #[inline]
     pub(crate) fn frame<D: Buf>(&mut self, frame: &Frame<D>) -> bool {
         if let Some(data) = frame.data_ref() {
             self.sent += data.remaining() as u64;

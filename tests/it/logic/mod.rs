@@ -12,6 +12,7 @@ mod extractor;
 mod hooks;
 mod outcomes;
 mod panics;
+mod reuse;
 mod shutdown;
 mod time_limit;
 mod timings;
