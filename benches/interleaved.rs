@@ -181,7 +181,14 @@ fn main() {
     let find = |set: &[(&'static str, Run)], name: &str| {
         set.iter().find(|(c, _)| *c == name).unwrap().1.clone()
     };
-    for name in ["bare", "floor", "lifecycle_default", "lifecycle_full"] {
+    for name in [
+        "bare",
+        "floor",
+        "lifecycle_default",
+        "lifecycle_full",
+        "bare_pending",
+        "lifecycle_pending",
+    ] {
         let (run, other) = (find(&configs, name), find(&own, name));
         let (mut one, mut apart, mut shared) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {

@@ -1,4 +1,4 @@
-//! Run with: cargo run --release --example bench_server -- [bare|layer|watched] [PORT]
+//! Run with: cargo run --release --example bench_server -- [bare|default|trace|layer|watched] [PORT]
 //!
 //! The server of the end-to-end benchmark (`scripts/bench-e2e.sh`): an axum
 //! hello world (`GET /` answers `hello world`) on 127.0.0.1:PORT (default
@@ -6,6 +6,12 @@
 //! prior knowledge (h2c) on the same port.
 //!
 //! - `bare`: the router alone; the handler takes no extractor.
+//! - `default`: the router behind `LifecycleLayer::new()`, the bare
+//!   handler: what a layer left on everywhere costs a route that does not
+//!   use it.
+//! - `trace`: the router behind tower-http's `TraceLayer::new_for_http()`
+//!   (no subscriber), for scale: a layer that is commonly left on
+//!   everywhere.
 //! - `layer` (default): the router with the full layer configuration
 //!   (ignore-abort on, a 30 s time limit, a layer-wide `on_complete` hook),
 //!   and a handler that takes the `Lifecycle` extractor and registers one
@@ -23,13 +29,15 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tower_lifecycle::{Lifecycle, LifecycleLayer};
 
-/// The answer of both configurations.
+/// The answer of every configuration.
 const HELLO: &str = "hello world";
 
 /// Which server to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
     Bare,
+    Default,
+    Trace,
     Layer,
     Watched,
 }
@@ -48,6 +56,12 @@ async fn with_lifecycle(lifecycle: Lifecycle) -> &'static str {
 fn app(config: Config) -> Router {
     match config {
         Config::Bare => Router::new().route("/", get(bare)),
+        Config::Default => Router::new()
+            .route("/", get(bare))
+            .layer(LifecycleLayer::new()),
+        Config::Trace => Router::new()
+            .route("/", get(bare))
+            .layer(tower_http::trace::TraceLayer::new_for_http()),
         Config::Layer | Config::Watched => Router::new().route("/", get(with_lifecycle)).layer(
             LifecycleLayer::new()
                 .ignore_abort(true)
@@ -58,7 +72,7 @@ fn app(config: Config) -> Router {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server [bare|layer|watched] [PORT]");
+    eprintln!("usage: bench_server [bare|default|trace|layer|watched] [PORT]");
     std::process::exit(2);
 }
 
@@ -68,6 +82,8 @@ async fn main() {
     let config = match args.next().as_deref() {
         None | Some("layer") => Config::Layer,
         Some("bare") => Config::Bare,
+        Some("default") => Config::Default,
+        Some("trace") => Config::Trace,
         Some("watched") => Config::Watched,
         Some(_) => usage(),
     };
@@ -85,6 +101,8 @@ async fn main() {
     let addr = listener.local_addr().expect("bound address");
     let name = match config {
         Config::Bare => "bare",
+        Config::Default => "default",
+        Config::Trace => "trace",
         Config::Layer => "layer",
         Config::Watched => "watched",
     };

@@ -2,14 +2,16 @@
 # Run with: bash scripts/bench-e2e.sh
 #
 # End-to-end throughput and latency of the axum hello world in
-# examples/bench_server.rs, bare versus with the full LifecycleLayer
-# configuration, over HTTP/1.1 (wrk) and h2c with prior knowledge (h2load).
+# examples/bench_server.rs, in several configurations (by default: bare,
+# the default LifecycleLayer, and tower-http's TraceLayer), over HTTP/1.1
+# (wrk) and h2c with prior knowledge (h2load).
 #
-# A/B interleaved: each round starts the bare server, loads it, stops it,
-# then does the same for the layer server (the order alternates between
-# rounds, so slow drift in background load hits both alike). The table
-# shows the median over the rounds of each figure, layer/bare as the ratio
-# of those medians, and the median of the per-round layer/bare ratios.
+# Interleaved: each round starts each configuration's server in turn,
+# loads it and stops it; the order rotates from round to round, so slow
+# drift in background load hits every configuration alike. The table shows
+# the median over the rounds of each figure, and for each configuration
+# after the first the ratio to the first: of the medians, and the median of
+# the per-round ratios.
 #
 # Per server start: a 1 s wrk warm-up (not counted), then
 #   wrk    -t2 -c64 -d$WRK_DURATION --latency  http://127.0.0.1:$PORT/
@@ -19,10 +21,11 @@
 # request's time in microseconds).
 #
 # Knobs (environment): ROUNDS (5), WRK_DURATION (10s), H2_REQUESTS
-# (200000), PORT (3917), A and B, the two configurations of
-# examples/bench_server.rs compared (bare and layer; A=layer B=watched
-# measures the connection watch). The defaults take about 3 to 4 minutes after the
-# build.
+# (200000), PORT (3917), CONFIGS, the configurations of
+# examples/bench_server.rs compared, the first being the reference ("bare
+# default trace"; CONFIGS="layer watched" measures the connection watch).
+# A and B, if set, give a pair instead (CONFIGS="$A $B"). The defaults take
+# about 2 minutes per configuration after the build.
 #
 # The machine's cores are shared by the load generator and the server: the
 # figures are what the server gets while wrk/h2load also want CPU, so
@@ -34,8 +37,12 @@
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
-A=${A:-bare}
-B=${B:-layer}
+if [ -n "${A:-}" ] || [ -n "${B:-}" ]; then
+    CONFIGS="${A:-bare} ${B:-layer}"
+fi
+CONFIGS=${CONFIGS:-bare default trace}
+read -r -a ALL <<<"$CONFIGS"
+REF=${ALL[0]}
 WRK_DURATION=${WRK_DURATION:-10s}
 H2_REQUESTS=${H2_REQUESTS:-200000}
 PORT=${PORT:-3917}
@@ -206,9 +213,9 @@ measure() {
 log "$ROUNDS rounds: wrk -t2 -c$CONNECTIONS -d$WRK_DURATION --latency, h2load -n $H2_REQUESTS -c $CONNECTIONS -m 10, on $URL ($(nproc) cores)"
 started=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
-    if [ $((round % 2)) -eq 1 ]; then order="$A $B"; else order="$B $A"; fi
-    for config in $order; do
-        measure "$config" "$round"
+    n=${#ALL[@]}
+    for k in $(seq 0 $((n - 1))); do
+        measure "${ALL[$(((k + round) % n))]}" "$round"
     done
 done
 elapsed=$(($(date +%s) - started))
@@ -221,52 +228,59 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "nan"; else pri
 
 METRICS="h1_rps h1_p99 h2_rps h2_mean h2_p99"
 declare -A M
-for config in $A $B; do
+for config in "${ALL[@]}"; do
     for metric in $METRICS; do
         M[$config,$metric]=$(med "$config" "$metric")
     done
 done
 
+# The median of the per-round ratios of config $2 to the reference: each
+# round ran them close together, so this one cancels drift in background
+# load better than the ratio of medians.
+paired() {
+    awk -F'\t' -v m="$1" -v a="$REF" -v b="$2" '$3 == m { v[$1, $2] = $4; r[$2] = 1 } END {
+        for (k in r) if (v[a, k] + 0 != 0) printf "%.6f\n", v[b, k] / v[a, k]
+    }' "$RESULTS" | median | awk '{ printf "%.3f", $1 }'
+}
+
 echo
-echo "## End-to-end: axum hello world, $A vs $B"
+echo "## End-to-end: axum hello world, ${ALL[*]}"
 echo
-echo "Medians over $ROUNDS A/B rounds (${elapsed} s of load); $(nproc) cores shared by the server and the load generator."
+echo "Medians over $ROUNDS interleaved rounds, the order rotated (${elapsed} s of load); $(nproc) cores shared by the server and the load generator."
 echo "HTTP/1.1: \`wrk -t2 -c$CONNECTIONS -d$WRK_DURATION --latency\`; h2c: \`h2load -n $H2_REQUESTS -c $CONNECTIONS -m 10\` (p99 from its per-request log)."
 echo
 echo "| config | HTTP/1.1 req/s | HTTP/1.1 p99 (ms) | h2c req/s | h2c mean (ms) | h2c p99 (ms) |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-for config in $A $B; do
+for config in "${ALL[@]}"; do
     printf '| %s | %s | %s | %s | %s | %s |\n' "$config" \
         "${M[$config,h1_rps]}" "${M[$config,h1_p99]}" \
         "${M[$config,h2_rps]}" "${M[$config,h2_mean]}" "${M[$config,h2_p99]}"
 done
-printf "| $B/$A, ratio of medians |"' %s | %s | %s | %s | %s |\n' \
-    "$(ratio "${M[$B,h1_rps]}" "${M[$A,h1_rps]}")" \
-    "$(ratio "${M[$B,h1_p99]}" "${M[$A,h1_p99]}")" \
-    "$(ratio "${M[$B,h2_rps]}" "${M[$A,h2_rps]}")" \
-    "$(ratio "${M[$B,h2_mean]}" "${M[$A,h2_mean]}")" \
-    "$(ratio "${M[$B,h2_p99]}" "${M[$A,h2_p99]}")"
-# The median of the per-round ratios: each pair ran back to back, so this
-# one cancels drift in background load better than the ratio of medians.
-paired() {
-    awk -F'\t' -v m="$1" -v a="$A" -v b="$B" '$3 == m { v[$1, $2] = $4; r[$2] = 1 } END {
-        for (k in r) if (v[a, k] + 0 != 0) printf "%.6f\n", v[b, k] / v[a, k]
-    }' "$RESULTS" | median | awk '{ printf "%.3f", $1 }'
-}
-row="| $B/$A, median of per-round ratios |"
-for metric in $METRICS; do
-    row="$row $(paired "$metric") |"
+for config in "${ALL[@]:1}"; do
+    row="| $config/$REF, ratio of medians |"
+    for metric in $METRICS; do
+        row="$row $(ratio "${M[$config,$metric]}" "${M[$REF,$metric]}") |"
+    done
+    echo "$row"
+    row="| $config/$REF, median of per-round ratios |"
+    for metric in $METRICS; do
+        row="$row $(paired "$metric" "$config") |"
+    done
+    echo "$row"
 done
-echo "$row"
 echo
-echo "Errors (all rounds): $A HTTP/1.1 $(total "$A" h1_errors), h2c $(total "$A" h2_errors); $B HTTP/1.1 $(total "$B" h1_errors), h2c $(total "$B" h2_errors)."
+errors="Errors (all rounds):"
+for config in "${ALL[@]}"; do
+    errors="$errors $config HTTP/1.1 $(total "$config" h1_errors), h2c $(total "$config" h2_errors);"
+done
+echo "${errors%;}."
 echo
 echo "Per round:"
 echo
 echo "| round | config | HTTP/1.1 req/s | HTTP/1.1 p99 (ms) | h2c req/s | h2c mean (ms) | h2c p99 (ms) |"
 echo "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"
 for round in $(seq 1 "$ROUNDS"); do
-    for config in $A $B; do
+    for config in "${ALL[@]}"; do
         row="| $round | $config |"
         for metric in $METRICS; do
             v=$(awk -F'\t' -v c="$config" -v r="$round" -v m="$metric" \

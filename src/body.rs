@@ -273,7 +273,7 @@ fn reached_by_shutdown(
     let shared = side.shared().filter(|_| !side.is_complete())?;
     let drain = &shared.config.drain;
     let reached = match cx {
-        Some(cx) => drain.poll_reached(ending, reach, cx),
+        Some(cx) => shared.config.poll_reached(ending, reach, cx),
         None => drain.has_reached(ending),
     };
     reached.then_some(ending)

@@ -2,11 +2,14 @@
 //! layer-wide hook ([`OnComplete`]).
 
 use std::sync::{Arc, Weak};
+use std::task::Context;
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::drain::DrainState;
+use crate::shutdown::{Ending, Reach};
 use crate::Completion;
 
 /// The layer-wide hook, run after every request's own hooks.
@@ -30,6 +33,12 @@ pub(crate) struct Config {
     /// An event for normal completions too.
     pub(crate) log_normal: bool,
     pub(crate) drain: Arc<DrainState>,
+    /// The drain's two tokens (the shutdown began; its grace ended) as
+    /// this copy's requests wait on them. A thread's copy has child tokens
+    /// of the drain's, cancelled with them: a request that waits registers
+    /// with its thread's token, not with one every worker locks.
+    begun: CancellationToken,
+    cut: CancellationToken,
     /// The layer's own settings, for a thread's copy of them
     /// ([`per_thread`](crate::per_thread)); `None` in the layer's own.
     pub(crate) origin: Option<Weak<Config>>,
@@ -37,7 +46,10 @@ pub(crate) struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let drain = Arc::<DrainState>::default();
         Config {
+            begun: drain.begun.clone(),
+            cut: drain.cancel.clone(),
             on_complete: None,
             ignore_abort: false,
             max_detached: DEFAULT_MAX_DETACHED,
@@ -46,13 +58,55 @@ impl Default for Config {
             record_caught_panics: true,
             log_level: Some(tracing::Level::DEBUG),
             log_normal: false,
-            drain: Arc::default(),
+            drain,
             origin: None,
         }
     }
 }
 
 impl Config {
+    /// A copy of these settings for one thread, with tokens of its own
+    /// (see [`per_thread`](crate::per_thread)).
+    pub(crate) fn copy_for_thread(&self, layer: Weak<Config>) -> Config {
+        Config {
+            begun: self.drain.begun.child_token(),
+            cut: self.drain.cancel.child_token(),
+            origin: Some(layer),
+            ..self.clone()
+        }
+    }
+
+    /// The token whose cancellation ends a response body of this kind:
+    /// SSE and gRPC end when the shutdown begins, others when its grace
+    /// runs out.
+    pub(crate) fn reaches(&self, ending: Ending) -> &CancellationToken {
+        match ending {
+            Ending::Sse | Ending::Grpc => &self.begun,
+            Ending::Cut => &self.cut,
+        }
+    }
+
+    /// The token cancelled when the shutdown's grace ends.
+    pub(crate) fn cut(&self) -> &CancellationToken {
+        &self.cut
+    }
+
+    /// The token cancelled when the shutdown begins.
+    pub(crate) fn begun(&self) -> &CancellationToken {
+        &self.begun
+    }
+
+    /// Whether the shutdown reached a response of this kind; otherwise
+    /// registers `cx` on `reach`, to be woken when it does.
+    pub(crate) fn poll_reached(
+        &self,
+        ending: Ending,
+        reach: &mut Reach,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        self.drain.has_reached(ending) || reach.poll(self.reaches(ending), cx)
+    }
+
     /// Whether a request can continue after its client left at all, which
     /// decides whether the handler's future and an open-ended body are
     /// boxed (movable into a task).

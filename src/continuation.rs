@@ -288,7 +288,7 @@ impl Shared {
         }
         // Work spawned after the abort was handled (from `after_response`
         // work, say) is not cancelled by it.
-        let token = self.config.drain.cancel.child_token();
+        let token = self.config.cut().child_token();
         state.work = Some(token.clone());
         token
     }
@@ -399,7 +399,7 @@ impl WorkGuard {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let shutdown = self.shared().config.drain.cancel.clone();
+        let shutdown = self.shared().config.cut().clone();
         let cancel = cancel.unwrap_or_else(|| shutdown.clone());
         let mut guard = self;
         let span = guard.shared().task_span();

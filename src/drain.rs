@@ -6,14 +6,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Context;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::in_flight::InFlight;
 
-use crate::shutdown::{Ending, Reach, ShuttingDown};
+use crate::shutdown::{Ending, ShuttingDown};
 
 /// State shared by a layer, its clones, every service it built and every
 /// lifecycle they started.
@@ -43,16 +42,6 @@ pub(crate) struct DrainState {
 }
 
 impl DrainState {
-    /// The token whose cancellation ends a response body of this kind:
-    /// SSE and gRPC end when the shutdown begins, others when its grace
-    /// runs out.
-    pub(crate) fn reaches(&self, ending: Ending) -> &CancellationToken {
-        match ending {
-            Ending::Sse | Ending::Grpc => &self.begun,
-            Ending::Cut => &self.cancel,
-        }
-    }
-
     /// Whether the shutdown reached a response of this kind already: a
     /// read of a flag, no lock. (Acquire, with the Release store before
     /// the token is cancelled: a request that sees the flag sees what was
@@ -63,17 +52,6 @@ impl DrainState {
             Ending::Sse | Ending::Grpc => self.begun_flag.load(Ordering::Acquire),
             Ending::Cut => self.cut_flag.load(Ordering::Acquire),
         }
-    }
-
-    /// Whether the shutdown reached a response of this kind; otherwise
-    /// registers `cx` on `reach`, to be woken when it does.
-    pub(crate) fn poll_reached(
-        &self,
-        ending: Ending,
-        reach: &mut Reach,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        self.has_reached(ending) || reach.poll(self.reaches(ending), cx)
     }
 
     /// Begins the shutdown: the flag, then the token.

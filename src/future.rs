@@ -188,11 +188,7 @@ where
                 let head = timeout_head(*this.grpc, shared.timeout_status());
                 return Poll::Ready(Ok(answer_for(shared, head, End::handler())));
             }
-            if shared
-                .config
-                .drain
-                .poll_reached(Ending::Cut, this.reach, cx)
-            {
+            if shared.config.poll_reached(Ending::Cut, this.reach, cx) {
                 // The shutdown's grace ran out: cancel the handler, then
                 // answer for it.
                 *this.inner = None;

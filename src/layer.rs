@@ -74,9 +74,11 @@ impl LifecycleLayer {
     ///
     /// Each thread that serves requests keeps a copy of the layer's
     /// settings (so that requests on different threads never write one
-    /// reference count); a copy, and the closure with it, is dropped when
-    /// that thread next meets a layer it has no copy of after this one is
-    /// gone, or when the thread ends, not the moment the layer is dropped.
+    /// reference count), and a few per-request states of ended requests,
+    /// which hold the settings they were made with. A copy, and the
+    /// closure with it, is dropped when the services holding it are gone
+    /// and that thread next meets a layer it has no copy of, or when the
+    /// thread ends: not the moment the layer is dropped.
     pub fn on_complete<F>(mut self, f: F) -> Self
     where
         F: Fn(&Completion) + Send + Sync + 'static,

@@ -97,7 +97,7 @@ impl Lifecycle {
     /// ends Server-Sent Events and gRPC streams when the shutdown begins;
     /// other responses are left to finish within the drain's grace.
     pub fn shutting_down(&self) -> ShuttingDown {
-        ShuttingDown::new(&self.shared.config.drain.begun)
+        ShuttingDown::new(self.shared.config.begun())
     }
 
     /// Sets this request's time limit, restarting the clock from now, like

@@ -67,10 +67,7 @@ pub(crate) fn settings(config: &Arc<Config>) -> Arc<Config> {
                 .origin
                 .clone()
                 .unwrap_or_else(|| Arc::downgrade(config));
-            let copy = Arc::new(Config {
-                origin: Some(layer.clone()),
-                ..Config::clone(config)
-            });
+            let copy = Arc::new(config.copy_for_thread(layer.clone()));
             local.push(Local {
                 layer,
                 copy: copy.clone(),

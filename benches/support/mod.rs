@@ -28,6 +28,27 @@ pub async fn hello<B>(_req: Request<B>) -> Result<Response<Full<Bytes>>, Infalli
     Ok(Response::new(Full::from("hello world")))
 }
 
+/// The same handler, waiting once first (it yields to the runtime, as a
+/// handler that awaits I/O does), so that the layer sees it pending.
+pub async fn hello_pending<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    tokio::task::yield_now().await;
+    hello(req).await
+}
+
+/// The same handler, asking for the shutdown signal first (and dropping
+/// it: what a handler that selects on it pays when it wins the race).
+pub fn hello_watching_shutdown(
+    req: Request<()>,
+) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send {
+    drop(
+        req.extensions()
+            .get::<Lifecycle>()
+            .expect("the layer inserts a Lifecycle")
+            .shutting_down(),
+    );
+    hello(req)
+}
+
 /// The same handler, registering one shutdown hook first.
 pub fn hello_with_hook(
     req: Request<()>,
@@ -134,6 +155,28 @@ pub fn each_config(c: &mut impl Configs) {
         ServiceBuilder::new()
             .layer(LifecycleLayer::new().max_detached(0))
             .service_fn(hello),
+    );
+    c.config(
+        "lifecycle_on_complete",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new().on_complete(|_| {}))
+            .service_fn(hello),
+    );
+    c.config(
+        "lifecycle_shutting_down",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello_watching_shutdown),
+    );
+    c.config(
+        "bare_pending",
+        ServiceBuilder::new().service_fn(hello_pending),
+    );
+    c.config(
+        "lifecycle_pending",
+        ServiceBuilder::new()
+            .layer(LifecycleLayer::new())
+            .service_fn(hello_pending),
     );
     c.config(
         "tower_http_early_drop",
