@@ -97,18 +97,19 @@ pub(crate) enum Ending {
 impl Ending {
     /// How a response with these headers ends; `None` for a body whose
     /// size is known exactly (`Full`, `Empty`: already in memory, nothing
-    /// open-ended to cut, even after the grace).
+    /// open-ended to end or cut, even after the grace), whatever its
+    /// content type: only an open-ended body is an event stream.
     #[inline]
     pub(crate) fn of(grpc: bool, headers: &HeaderMap, exact: bool) -> Option<Self> {
         if grpc {
             Some(Ending::Grpc)
+        } else if exact {
+            None
         } else if headers
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
         {
             Some(Ending::Sse)
-        } else if exact {
-            None
         } else {
             Some(Ending::Cut)
         }
