@@ -15,7 +15,11 @@
 //! `ONLY=name` runs one configuration (and skips the contention part), for
 //! a profiler.
 //!
-//! Then contention, in rotated interleaved rounds: the same service driven
+//! Then inside a span: the floor and the default layer with each request
+//! in a new INFO span and a subscriber installed (what keeping the trace
+//! context costs).
+//!
+//! Before that, contention, in rotated interleaved rounds: the same service driven
 //! by one thread; by two threads at once, each with its own runtime and a
 //! service built from a layer of its own; and by two threads sharing one
 //! service. Prints ns/request per thread; the difference between the last
@@ -31,6 +35,9 @@ use std::time::{Duration, Instant};
 use http::Request;
 use http_body::Body;
 use tower::ServiceBuilder;
+use tower_lifecycle::LifecycleLayer;
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
 
 use support::{call, each_config, hello, Benched, Configs};
 
@@ -50,6 +57,16 @@ where
     S: Benched<B>,
     B: Body<Error: Debug>,
 {
+    runner_with(svc, false)
+}
+
+/// A runner whose requests each run inside a new INFO span (as a
+/// `TraceLayer` outside would make one), when `in_span`.
+fn runner_with<S, B>(svc: S, in_span: bool) -> Run
+where
+    S: Benched<B>,
+    B: Body<Error: Debug>,
+{
     Arc::new(move |n| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -60,7 +77,11 @@ where
             assert_eq!(call(&svc).await, "hello world");
             let start = Instant::now();
             for _ in 0..n {
-                call(&svc).await;
+                if in_span {
+                    call(&svc).instrument(tracing::info_span!("request")).await;
+                } else {
+                    call(&svc).await;
+                }
             }
             start.elapsed()
         })
@@ -83,13 +104,18 @@ impl Configs for Collect {
 /// The floor: the handler behind a service that inserts one `Arc` handle
 /// into the request's extensions.
 fn floor() -> Run {
-    runner(
+    floor_with(false)
+}
+
+fn floor_with(in_span: bool) -> Run {
+    runner_with(
         ServiceBuilder::new()
             .map_request(|mut req: Request<()>| {
                 req.extensions_mut().insert(Arc::new(0_u64));
                 req
             })
             .service_fn(hello),
+        in_span,
     )
 }
 
@@ -223,5 +249,45 @@ fn main() {
             shared - apart
         );
     }
+    // Last, as it installs a global subscriber for the rest of the run:
+    // trace context, the span current when the layer is called kept for
+    // the request's hooks and continued work.
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO),
+    )
+    .expect("no subscriber was set before");
+    let in_span = [
+        ("floor", floor_with(true)),
+        (
+            "lifecycle_default",
+            runner_with(
+                ServiceBuilder::new()
+                    .layer(LifecycleLayer::new())
+                    .service_fn(hello),
+                true,
+            ),
+        ),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); in_span.len()];
+    for round in 0..rounds {
+        for k in 0..in_span.len() {
+            let i = (k + round) % in_span.len();
+            times[i].push(ns_per_request((in_span[i].1)(n), n));
+        }
+    }
+    let (floor_span, default_span) = (median(times[0].clone()), median(times[1].clone()));
+    println!(
+        "\n## Inside a span ({rounds} interleaved rounds of {n})\n\n\
+         Each request runs inside a new INFO span, a subscriber (a `tracing_subscriber` \
+         registry at INFO) installed, so the layer keeps the span for the request's \
+         hooks and continued work.\n"
+    );
+    println!("| config | ns/request (median) | over the floor in a span |");
+    println!("| --- | ---: | ---: |");
+    println!("| floor | {floor_span:.0} | +0 |");
+    println!(
+        "| lifecycle_default | {default_span:.0} | {:+.0} |",
+        default_span - floor_span
+    );
     println!("\nThe machine's cores are shared with whatever else runs: compare rows of one run.");
 }

@@ -127,11 +127,9 @@ pub(crate) struct Reach {
 impl Reach {
     /// Whether `token` (the drain's token for this response's
     /// [`Ending`]) was cancelled; otherwise registers `cx` to be woken when
-    /// it is.
+    /// it is. The caller checked the drain's flag first, so this asks the
+    /// token (and takes its lock) only through the wait itself.
     pub(crate) fn poll(&mut self, token: &CancellationToken, cx: &mut Context<'_>) -> bool {
-        if token.is_cancelled() {
-            return true;
-        }
         let wait = self
             .wait
             .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
