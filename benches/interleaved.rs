@@ -5,26 +5,27 @@
 //! handle into the request's extensions, the least any design that hands
 //! the handler a status must pay) and a *timed floor* (the same, its handle
 //! holding the time the request came in: one clock read more, the least a
-//! design that also reports how long requests took must pay), run in `ROUNDS` (7) interleaved rounds of
-//! `REQUESTS` (20,000) requests each, the order rotated every round, so that
-//! the machine's drift hits every configuration alike (criterion runs them
-//! one after another). Each request is `oneshot` on a clone of the service
-//! on a current-thread runtime, its body collected. Prints the median
-//! ns/request of each, and its difference from bare and from the floor.
+//! design that also reports how long requests took must pay), run in
+//! `ROUNDS` (7) interleaved rounds of `REQUESTS` (20,000) requests each, the
+//! order rotated every round, so that the machine's drift hits every
+//! configuration alike (criterion runs them one after another). Each
+//! request is `oneshot` on a clone of the service on a current-thread
+//! runtime, its body collected. Prints the median ns/request of each, and
+//! its difference from bare and from the floors.
 //!
-//! `ONLY=name` runs one configuration (and skips the contention part), for
-//! a profiler.
-//!
-//! Then inside a span: the floor and the default layer with each request
-//! in a new INFO span and a subscriber installed (what keeping the trace
-//! context costs).
-//!
-//! Before that, contention, in rotated interleaved rounds: the same service driven
+//! Then contention, in rotated interleaved rounds: the same service driven
 //! by one thread; by two threads at once, each with its own runtime and a
 //! service built from a layer of its own; and by two threads sharing one
 //! service. Prints ns/request per thread; the difference between the last
 //! two is what sharing the layer costs, apart from what two busy threads
 //! cost each other on the machine.
+//!
+//! Last, inside a span: the floor and the default layer with each request
+//! in a new INFO span and a subscriber installed (what keeping the trace
+//! context costs).
+//!
+//! `ONLY=name` runs one configuration (and nothing after the first table),
+//! for a profiler.
 
 mod support;
 
