@@ -42,7 +42,7 @@ pin_project! {
     /// - it reported [`is_end_stream`](Body::is_end_stream) at construction
     ///   or after a frame;
     /// - the data bytes yielded reached an exact [`size_hint`](Body::size_hint)
-    ///   or, for a body without one, the response's `Content-Length`;
+    ///   or the response's `Content-Length`;
     /// - the request method was `HEAD`, or `CONNECT` with a 2xx response
     ///   (hyper sends no body then);
     /// - the response status was 1xx, 204 No Content or 304 Not Modified.
@@ -121,9 +121,12 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         mut connection: Option<Waiting>,
     ) -> Self {
         let exact = inner.size_hint().exact();
-        // The response's `Content-Length` only when the body's own size is
-        // open: one header lookup fewer for the common body.
-        let expected = exact.or_else(|| content_length(&parts.headers));
+        // A handler-set `Content-Length` below the body's size is what
+        // hyper sends (a `Content-Length: 0` answer has no body at all).
+        let expected = match (exact, content_length(&parts.headers)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let complete =
             bodiless.response(parts.status) || expected == Some(0) || inner.is_end_stream();
         // Only a body whose length is open can have a producer that

@@ -30,6 +30,7 @@ mod streaming;
 mod tally;
 mod timeout;
 pub mod watch;
+mod work_guard;
 
 pub use crate::body::LifecycleBody;
 pub use crate::completion::{Completion, Phase};

@@ -1,0 +1,108 @@
+//! Reusing a per-request state: a request whose end nothing can observe
+//! ends here without building a [`Completion`](crate::Completion), and its
+//! state (or that of a lifecycle that ran its hooks, when nothing holds it)
+//! is made that of the next request on the thread
+//! ([`per_thread`](crate::per_thread)). Everything here takes `&mut self`:
+//! nothing else holds the state.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use super::{current_span, initial_bits, End, Shared, Stage, PANICKED, STATUS_BITS};
+use crate::deadline::Deadline;
+
+impl Shared {
+    /// Makes an ended state, that nothing else holds, that of a request
+    /// that starts now (see [`per_thread`](crate::per_thread)); the hook
+    /// list and the `after_response` list keep their room.
+    #[inline]
+    pub(crate) fn restart(&mut self, grpc_cap: Option<Duration>) {
+        *self.bits.get_mut() = initial_bits(&self.config);
+        *self.pending.get_mut() = 1;
+        self.time_limit = Deadline::new(self.config.time_limit, grpc_cap);
+        // `release` left no span behind: assigning only a new one saves
+        // dropping the old `None`.
+        if let Some(span) = current_span() {
+            self.span = Some(span);
+        }
+        let token = self.config.drain.in_flight.enter();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // The rest was cleared when the lifecycle ended (`end_unobserved`,
+        // `release`).
+        state.detached = false;
+        state.refused = false;
+        state.shutdown_cancelled = false;
+        state.token = Some(token);
+        self.state.clear_poison();
+    }
+
+    /// Drops what an ended lifecycle's state still holds for its request
+    /// (the span, the runtime, the token of its spawned work, the final
+    /// completion), so that it can be kept for [`restart`](Self::restart).
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        // Each checked first: most requests hold none of these, and a
+        // check is cheaper than a drop.
+        if self.span.is_some() {
+            self.span = None;
+        }
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !state.hooks.is_empty() {
+            state.hooks.clear();
+        }
+        if !state.after_response.is_empty() {
+            state.after_response.clear();
+        }
+        if !matches!(state.stage, Stage::Running) {
+            state.stage = Stage::Running;
+        }
+        if state.runtime.is_some() {
+            state.runtime = None;
+        }
+        if state.work.is_some() {
+            state.work = None;
+        }
+    }
+
+    /// Whether nothing could observe this request's completion if it ended
+    /// now: no hook is registered, the layer has no `on_complete`, and no
+    /// subscriber could want the layer's event. With `&mut self` (nothing
+    /// else holds the state), no hook can be registered later either.
+    #[inline]
+    pub(crate) fn unobserved(&mut self) -> bool {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.hooks.is_empty()
+            && self.config.on_complete.is_none()
+            && !crate::events::could_log(&self.config)
+    }
+
+    /// Ends the lifecycle here and now, the response side having ended
+    /// with `end`, if nothing can observe how it ended: nothing else holds
+    /// the state (`&mut self`), nothing continues, no hook, no
+    /// `on_complete`, and the request ended normally without an event
+    /// wanted for it. Then no [`Completion`] is built and no clock is read:
+    /// the lifecycle leaves the drain's count, and the state is ready for
+    /// [`restart`](Self::restart). False, with nothing changed, otherwise.
+    #[inline]
+    pub(crate) fn end_unobserved(&mut self, end: &End) -> bool {
+        // Normal: no status bit (which a continued request, ABORTED, and one
+        // the shutdown cut, TIMEOUT, both have), no panic, not ended by the
+        // shutdown (that is worth an event).
+        let normal =
+            *self.bits.get_mut() & (STATUS_BITS | PANICKED) == 0 && !end.panicked && !end.shutdown;
+        let quiet = normal
+            && *self.pending.get_mut() == 1
+            && self.config.on_complete.is_none()
+            && !crate::events::logs_normal(&self.config);
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !quiet || !state.hooks.is_empty() || !state.after_response.is_empty() {
+            return false;
+        }
+        *self.pending.get_mut() = 0;
+        let token = state.token.take();
+        self.leave(token);
+        // What the state held for the request goes now, not at its reuse.
+        self.release();
+        true
+    }
+}
