@@ -146,6 +146,7 @@ mod tests {
 
     use super::{settings, start, LOCAL};
     use crate::config::Config;
+    use crate::hook::Hook;
     use crate::state::End;
 
     fn entries() -> usize {
@@ -187,6 +188,74 @@ mod tests {
         let _ = settings(&Arc::new(Config::default()));
         assert!(copy.upgrade().is_none());
         assert_eq!(entries(), 1, "only the newest layer's copy is left");
+    }
+
+    #[test]
+    fn a_copy_made_on_another_thread_finds_that_threads_copy_of_the_layer() {
+        let config = Arc::new(Config::default());
+        let here = settings(&config);
+        let (from_copy, from_layer) = std::thread::spawn(move || {
+            // A service clone made here, then cloned again on this thread.
+            let from_copy = settings(&here);
+            (from_copy, settings(&config))
+        })
+        .join()
+        .unwrap();
+        assert!(
+            Arc::ptr_eq(&from_copy, &from_layer),
+            "one copy per thread and layer, whichever copy it was made from"
+        );
+    }
+
+    #[test]
+    fn a_copys_shutdown_tokens_are_children_of_the_drains() {
+        let config = Arc::new(Config::default());
+        let copy = settings(&config);
+        copy.cut().cancel();
+        assert!(
+            !config.drain.cancel.is_cancelled(),
+            "cancelling a thread's token leaves the drain's alone"
+        );
+        config.drain.begun.cancel();
+        assert!(
+            copy.begun().is_cancelled(),
+            "the drain's cancels the copy's"
+        );
+    }
+
+    fn spares() -> usize {
+        super::SPARE.with(|spare| spare.borrow().len())
+    }
+
+    #[test]
+    fn a_thread_keeps_up_to_its_bound_of_spare_states() {
+        let config = Arc::new(Config::default());
+        let states: Vec<_> = (0..super::SPARE_MAX + 2)
+            .map(|_| start(&config, None))
+            .collect();
+        assert_eq!(spares(), 0);
+        for (n, state) in states.into_iter().enumerate() {
+            super::end_unobserved(state, &End::handler())
+                .unwrap_or_else(|_| panic!("nothing observes this end"));
+            assert_eq!(spares(), (n + 1).min(super::SPARE_MAX));
+        }
+        assert_eq!(config.drain.in_flight.len(), 0, "every one left the drain");
+        // A state whose hooks ran is kept too, unless something holds it.
+        let hooked = || {
+            let shared = start(&config, None);
+            shared.register(Hook::Sync(Box::new(|_| {})));
+            shared
+        };
+        let ended = hooked();
+        assert_eq!(spares(), super::SPARE_MAX - 1, "one taken");
+        ended.response_done(End::handler());
+        assert_eq!(spares(), super::SPARE_MAX, "kept after its hook ran");
+        let held = hooked();
+        let holder = held.clone();
+        held.response_done(End::handler());
+        assert_eq!(spares(), super::SPARE_MAX - 1, "held elsewhere: not kept");
+        assert!(holder.is_ended());
+        assert_eq!(config.drain.in_flight.len(), 0);
     }
 
     #[test]

@@ -392,3 +392,36 @@ async fn a_request_the_shutdown_ended_or_a_caught_panic_gets_an_event_too() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn a_request_only_the_event_observes_still_gets_it_with_its_timings() {
+    debug_logs();
+    // No hook, no `on_complete`: the event alone could observe the end.
+    let layer = LifecycleLayer::new()
+        .log_level(Some(tracing::Level::INFO))
+        .log_normal(true);
+    call_in_span(layer, 121, Duration::ZERO, None).await;
+    let lines = lines_in(121);
+    let events = ended(&lines);
+    assert_eq!(events.len(), 1, "{lines:?}");
+    for field in ["status=normal", "log_status=200", "time_to_head=Some("] {
+        assert!(events[0].contains(field), "{field} in {}", events[0]);
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_request_only_the_event_observes_still_gets_it() {
+    debug_logs();
+    // No hook, no `on_complete`, the default level (DEBUG).
+    call_in_span(
+        LifecycleLayer::new(),
+        122,
+        Duration::from_secs(60),
+        Some(Duration::from_millis(10)),
+    )
+    .await;
+    let lines = lines_in(122);
+    let events = ended(&lines);
+    assert_eq!(events.len(), 1, "{lines:?}");
+    assert!(events[0].contains("status=aborted"), "{}", events[0]);
+}

@@ -27,6 +27,10 @@ impl Shared {
         }
         let token = self.config.drain.in_flight.enter();
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        debug_assert!(
+            state.token.is_none(),
+            "a state kept before it left the drain"
+        );
         // The rest was cleared when the lifecycle ended (`end_unobserved`,
         // `release`).
         state.detached = false;
@@ -47,12 +51,9 @@ impl Shared {
             self.span = None;
         }
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if !state.hooks.is_empty() {
-            state.hooks.clear();
-        }
-        if !state.after_response.is_empty() {
-            state.after_response.clear();
-        }
+        // The hooks were all taken and the `after_response` work started
+        // before any lifecycle ends; the lists keep their room.
+        debug_assert!(state.hooks.is_empty() && state.after_response.is_empty());
         if !matches!(state.stage, Stage::Running) {
             state.stage = Stage::Running;
         }
