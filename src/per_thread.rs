@@ -209,18 +209,39 @@ mod tests {
 
     #[test]
     fn a_copys_shutdown_tokens_are_children_of_the_drains() {
-        let config = Arc::new(Config::default());
-        let copy = settings(&config);
-        copy.cut().cancel();
-        assert!(
-            !config.drain.cancel.is_cancelled(),
-            "cancelling a thread's token leaves the drain's alone"
-        );
-        config.drain.begun.cancel();
-        assert!(
-            copy.begun().is_cancelled(),
-            "the drain's cancels the copy's"
-        );
+        for begun in [true, false] {
+            let config = Arc::new(Config::default());
+            let copy = settings(&config);
+            let tokens = |c: &Config| {
+                if begun {
+                    c.begun().clone()
+                } else {
+                    c.cut().clone()
+                }
+            };
+            let drains = if begun {
+                config.drain.begun.clone()
+            } else {
+                config.drain.cancel.clone()
+            };
+            tokens(&copy).cancel();
+            assert!(
+                !drains.is_cancelled(),
+                "cancelling a thread's token leaves the drain's alone"
+            );
+            let other = std::thread::spawn({
+                let config = config.clone();
+                move || settings(&config)
+            })
+            .join()
+            .unwrap();
+            assert!(!tokens(&other).is_cancelled(), "nor another thread's");
+            drains.cancel();
+            assert!(
+                tokens(&other).is_cancelled(),
+                "the drain's cancels the copy's"
+            );
+        }
     }
 
     fn spares() -> usize {
