@@ -191,6 +191,20 @@ mod tests {
     }
 
     #[test]
+    fn a_live_layers_copy_is_kept_while_nothing_uses_it() {
+        let config = Arc::new(Config::default());
+        let copy = Arc::downgrade(&settings(&config));
+        // A miss, with no service holding the copy right now.
+        let _ = settings(&Arc::new(Config::default()));
+        let again = settings(&config);
+        assert!(
+            copy.upgrade()
+                .is_some_and(|copy| Arc::ptr_eq(&copy, &again)),
+            "the same copy, not a new one"
+        );
+    }
+
+    #[test]
     fn a_copy_made_on_another_thread_finds_that_threads_copy_of_the_layer() {
         let config = Arc::new(Config::default());
         let here = settings(&config);
