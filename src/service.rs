@@ -34,9 +34,9 @@ pub struct LifecycleService<S> {
 }
 
 /// A clone made on a thread holds that thread's copy of the layer's
-/// settings (see [`per_thread`](crate::per_thread)): servers clone the
-/// service for every connection or request (axum's router does), and
-/// clones on different threads then never write one reference count.
+/// settings: servers clone the service for every connection or request
+/// (axum's router does), and clones on different threads then never write
+/// one reference count.
 impl<S: Clone> Clone for LifecycleService<S> {
     fn clone(&self) -> Self {
         LifecycleService {
