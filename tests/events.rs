@@ -400,8 +400,8 @@ async fn a_request_only_the_event_observes_still_gets_it_with_its_timings() {
     let layer = LifecycleLayer::new()
         .log_level(Some(tracing::Level::INFO))
         .log_normal(true);
-    call_in_span(layer, 121, Duration::ZERO, None).await;
-    let lines = lines_in(121);
+    call_in_span(layer, 141, Duration::ZERO, None).await;
+    let lines = lines_in(141);
     let events = ended(&lines);
     assert_eq!(events.len(), 1, "{lines:?}");
     for field in ["status=normal", "log_status=200", "time_to_head=Some("] {
@@ -415,12 +415,12 @@ async fn an_aborted_request_only_the_event_observes_still_gets_it() {
     // No hook, no `on_complete`, the default level (DEBUG).
     call_in_span(
         LifecycleLayer::new(),
-        122,
+        142,
         Duration::from_secs(60),
         Some(Duration::from_millis(10)),
     )
     .await;
-    let lines = lines_in(122);
+    let lines = lines_in(142);
     let events = ended(&lines);
     assert_eq!(events.len(), 1, "{lines:?}");
     assert!(events[0].contains("status=aborted"), "{}", events[0]);
