@@ -114,7 +114,7 @@ pin_project! {
 impl<B: Body + Send + 'static> LifecycleBody<B> {
     pub(crate) fn new(
         inner: B,
-        side: ResponseSide,
+        mut side: ResponseSide,
         bodiless: Bodiless,
         grpc: bool,
         parts: &Parts,
@@ -135,7 +135,6 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
         if let (Some(connection), Some(shared)) = (&mut connection, side.shared()) {
             connection.cut_at(shared.time_limit().get());
         }
-        let mut side = side;
         // The time to head only when something could ever read it.
         let head = if side.unique().is_some_and(|shared| shared.unobserved()) {
             None

@@ -49,9 +49,15 @@ impl DrainState {
     #[inline]
     pub(crate) fn has_reached(&self, ending: Ending) -> bool {
         match ending {
-            Ending::Sse | Ending::Grpc => self.begun_flag.load(Ordering::Acquire),
+            Ending::Sse | Ending::Grpc => self.has_begun(),
             Ending::Cut => self.cut_flag.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether the shutdown began (the flag, as for [`has_reached`](Self::has_reached)).
+    #[inline]
+    pub(crate) fn has_begun(&self) -> bool {
+        self.begun_flag.load(Ordering::Acquire)
     }
 
     /// Begins the shutdown: the flag, then the token.
@@ -152,7 +158,7 @@ impl Drain {
     /// [the type's docs](Self#a-shutdown-in-two-steps)). Nothing else is
     /// cut: that is [`shutdown`](Self::shutdown)'s grace.
     pub fn begin(&self) {
-        if !self.state.has_reached(Ending::Sse) {
+        if !self.state.has_begun() {
             tracing::debug!(
                 in_flight = self.in_flight(),
                 "tower_lifecycle: the shutdown begins"
@@ -164,7 +170,7 @@ impl Drain {
 
     /// Whether the shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        self.state.has_reached(Ending::Sse)
+        self.state.has_begun()
     }
 
     /// Resolves once the shutdown began, at once if it already has

@@ -81,10 +81,7 @@ impl Lifecycle {
 
     /// Whether the server's shutdown began ([`Drain::begin`](crate::Drain::begin)).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared
-            .config
-            .drain
-            .has_reached(crate::shutdown::Ending::Sse)
+        self.shared.config.drain.has_begun()
     }
 
     /// A future that resolves once the server's shutdown began

@@ -51,9 +51,7 @@ pub(crate) fn settings(config: &Arc<Config>) -> Arc<Config> {
     LOCAL
         .try_with(|local| {
             let mut local = local.try_borrow_mut().ok()?;
-            if let Some(found) = local.iter().find(|l| Arc::ptr_eq(&l.copy, config)) {
-                return Some(found.copy.clone());
-            }
+            // The layer's own settings and every copy of them share a key.
             let key = key(config);
             if let Some(found) = local.iter().find(|l| l.layer.as_ptr() == key) {
                 return Some(found.copy.clone());
