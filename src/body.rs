@@ -18,7 +18,7 @@ use crate::grpc;
 use crate::panic;
 use crate::response_side::ResponseSide;
 use crate::shutdown::{Ending, Reach, ServerShutdown};
-use crate::state::End;
+use crate::state::{End, Shared};
 use crate::tally::{content_length, Bodiless, Tally};
 use crate::watch::{self, Waiting};
 use crate::{BoxError, TimedOut};
@@ -112,9 +112,10 @@ pin_project! {
 }
 
 impl<B: Body + Send + 'static> LifecycleBody<B> {
+    #[inline]
     pub(crate) fn new(
         inner: B,
-        mut side: ResponseSide,
+        side: ResponseSide,
         bodiless: Bodiless,
         grpc: bool,
         parts: &Parts,
@@ -136,7 +137,7 @@ impl<B: Body + Send + 'static> LifecycleBody<B> {
             connection.cut_at(shared.time_limit().get());
         }
         // The time to head only when something could ever read it.
-        let head = if side.unique().is_some_and(|shared| shared.unobserved()) {
+        let head = if side.shared().is_some_and(Shared::unobserved) {
             None
         } else {
             side.shared().map(|shared| shared.time_limit().elapsed())

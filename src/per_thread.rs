@@ -104,10 +104,17 @@ pub(crate) fn start(config: &Arc<Config>, grpc_cap: Option<Duration>) -> Arc<Sha
 /// [`Shared::end_unobserved`]), and keeps its state for this thread's next
 /// request; gives the state back otherwise.
 pub(crate) fn end_unobserved(mut shared: Arc<Shared>, end: &End) -> Result<(), Arc<Shared>> {
-    let Some(state) = Arc::get_mut(&mut shared) else {
+    if !Shared::alone(&shared) {
         return Err(shared);
+    }
+    // Most requests: a state never locked ends without a locked
+    // instruction; one that was locked is checked through `&mut`.
+    let ended = if shared.pristine() {
+        shared.end_pristine(end)
+    } else {
+        Arc::get_mut(&mut shared).is_some_and(|state| state.end_unobserved(end))
     };
-    if !state.end_unobserved(end) {
+    if !ended {
         return Err(shared);
     }
     keep(shared);
@@ -145,7 +152,7 @@ mod tests {
     use super::{settings, start, LOCAL};
     use crate::config::Config;
     use crate::hook::Hook;
-    use crate::state::End;
+    use crate::state::{End, Shared};
 
     fn entries() -> usize {
         LOCAL.with(|local| local.borrow().len())
@@ -313,5 +320,47 @@ mod tests {
         // A hook registered earlier is observed too.
         second.register(crate::hook::Hook::Sync(Box::new(|_| {})));
         assert!(super::end_unobserved(second, &End::handler()).is_err());
+    }
+
+    #[test]
+    fn a_state_locked_without_a_hook_still_ends_unobserved_and_is_pristine_again() {
+        let config = Arc::new(Config::default());
+        let first = start(&config, None);
+        assert!(first.pristine(), "a new state was never locked");
+        assert!(!first.is_ended(), "taking the lock to read it");
+        assert!(!first.pristine(), "locked once: checked through `&mut`");
+        let address = Arc::as_ptr(&first);
+        super::end_unobserved(first, &End::handler())
+            .unwrap_or_else(|_| panic!("locked, but nothing observes this end"));
+        assert_eq!(config.drain.in_flight.len(), 0, "it left the drain");
+        let second = start(&config, None);
+        assert_eq!(Arc::as_ptr(&second), address, "kept and reused");
+        assert!(
+            second.pristine(),
+            "the mark is the request's, not the state's"
+        );
+        assert_eq!(config.drain.in_flight.len(), 1);
+        super::end_unobserved(second, &End::handler())
+            .unwrap_or_else(|_| panic!("nothing observes this end"));
+        assert_eq!(config.drain.in_flight.len(), 0);
+    }
+
+    #[test]
+    fn a_state_is_alone_only_while_nothing_else_holds_it() {
+        let config = Arc::new(Config::default());
+        let state = start(&config, None);
+        assert!(Shared::alone(&state));
+        assert!(Shared::unobserved(&state), "no hook, no on_complete");
+        let handle = state.clone();
+        assert!(!Shared::alone(&state));
+        assert!(
+            !Shared::unobserved(&state),
+            "the handle can register a hook"
+        );
+        handle.register(Hook::Sync(Box::new(|_| {})));
+        drop(handle);
+        assert!(Shared::alone(&state));
+        assert!(!Shared::unobserved(&state), "a hook was registered");
+        assert!(super::end_unobserved(state, &End::handler()).is_err());
     }
 }

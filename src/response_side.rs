@@ -54,16 +54,6 @@ impl ResponseSide {
         }
     }
 
-    /// The request's state while the response side is not over, if
-    /// nothing else holds it.
-    #[inline]
-    pub(crate) fn unique(&mut self) -> Option<&mut Shared> {
-        match &mut self.0 {
-            Stage::Open(shared) | Stage::Complete(shared) => Arc::get_mut(shared),
-            Stage::Ended => None,
-        }
-    }
-
     /// Whether the response side ended.
     #[inline]
     pub(crate) fn is_ended(&self) -> bool {

@@ -22,7 +22,7 @@
 //! while user code runs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -44,7 +44,13 @@ mod reuse;
 /// request's processing; the ignore-abort policy is on.
 pub(crate) const PANICKED: u8 = 0x80;
 pub(crate) const IGNORE_ABORT: u8 = 0x40;
+/// The state's lock was taken during this request: only a state never
+/// locked is known, without the lock, to hold nothing but its request's
+/// start (no hook, no continued work, no runtime, no work token).
+const LOCKED: u8 = 0x20;
 const STATUS_BITS: u8 = 0b11;
+/// [`Shared::shard`] once the lifecycle left the drain's count.
+const NO_SHARD: u8 = u8::MAX;
 
 /// State shared by the [`Lifecycle`] handles, the response future and the
 /// response body of one request: the one allocation the layer makes per
@@ -64,6 +70,11 @@ pub(crate) struct Shared {
     /// span, say), when a subscriber could want it: the parent of all the
     /// request does later (hooks, continued work, the layer's event).
     pub(crate) span: Option<tracing::Span>,
+    /// This lifecycle's shard in the layer's `Drain` count, until it left
+    /// ([`NO_SHARD`] then). An atomic, not part of the locked state, so
+    /// that the end of a request nothing observes takes no lock; taken
+    /// with a `swap` wherever two parts could race for it.
+    shard: AtomicU8,
     state: Mutex<State>,
 }
 
@@ -98,8 +109,6 @@ pub(crate) struct State {
     /// The end of a shutdown's grace cut this request (its continued work,
     /// its body or its handler).
     pub(crate) shutdown_cancelled: bool,
-    /// This lifecycle's shard in the layer's `Drain` count, until it left.
-    pub(crate) token: Option<u8>,
 }
 
 impl Shared {
@@ -113,10 +122,8 @@ impl Shared {
             time_limit: Deadline::new(config.time_limit, grpc_cap),
             config,
             span: current_span(),
-            state: Mutex::new(State {
-                token: Some(token),
-                ..State::default()
-            }),
+            shard: AtomicU8::new(token),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -204,9 +211,42 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // Marked once per request, before the lock is taken: whoever later
+        // finds the state alone sees the mark (see `alone`).
+        if self.bits.load(Ordering::Relaxed) & LOCKED == 0 {
+            self.bits.fetch_or(LOCKED, Ordering::Relaxed);
+        }
         // Hooks never run under the lock, so a poisoned lock only means a
         // panic elsewhere; the state itself is always consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether nothing but `this` holds the state, read without a locked
+    /// instruction (`Arc::get_mut` takes one). No `Weak` of a state is ever
+    /// made, so a strong count of one is this holder alone, and it stays
+    /// one: nothing else can reach the state to clone it. The fence makes
+    /// what the last other holder did before it let go (a hook registered,
+    /// the lock marked) visible here.
+    #[inline]
+    pub(crate) fn alone(this: &Arc<Self>) -> bool {
+        let alone = Arc::strong_count(this) == 1;
+        if alone {
+            fence(Ordering::Acquire);
+        }
+        alone
+    }
+
+    /// Whether the state was never locked and holds no span: all it holds
+    /// then is its request's start, and with [`alone`](Self::alone) it can
+    /// be ended and kept through `&self`.
+    #[inline]
+    pub(crate) fn pristine(&self) -> bool {
+        self.bits.load(Ordering::Relaxed) & LOCKED == 0 && self.span.is_none()
+    }
+
+    /// Takes this lifecycle's drain shard, if it has not left.
+    pub(crate) fn take_shard(&self) -> Option<u8> {
+        in_drain(self.shard.swap(NO_SHARD, Ordering::AcqRel))
     }
 
     pub(crate) fn register(&self, hook: Hook) {
@@ -268,7 +308,7 @@ impl Shared {
             Some(hook) => Ok(hook),
             None => {
                 state.stage = Stage::Ended(completion.clone());
-                Err(state.token.take())
+                Err(self.take_shard())
             }
         }
     }
@@ -336,7 +376,7 @@ impl Shared {
                 Some(first) => Hooks::First(first),
                 None => {
                     state.stage = Stage::Ended(completion.clone());
-                    Hooks::Done(state.token.take())
+                    Hooks::Done(self.take_shard())
                 }
             };
             (completion, hooks)
@@ -353,12 +393,18 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // A lifecycle whose hooks never ran to their end (its chain was
         // dropped with the runtime) still leaves the count.
-        let token = self.lock().token.take();
-        self.leave(token);
+        let shard = std::mem::replace(self.shard.get_mut(), NO_SHARD);
+        self.leave(in_drain(shard));
     }
 }
 
 /// The bits a request starts with: the layer's ignore-abort default.
+/// A shard as [`Shared::shard`] holds it, if the lifecycle is still in the
+/// drain's count.
+fn in_drain(shard: u8) -> Option<u8> {
+    (shard != NO_SHARD).then_some(shard)
+}
+
 fn initial_bits(config: &Config) -> u8 {
     if config.ignore_abort {
         IGNORE_ABORT

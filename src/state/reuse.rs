@@ -5,10 +5,13 @@
 //! ([`per_thread`](crate::per_thread)). Everything here takes `&mut self`:
 //! nothing else holds the state.
 
-use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::{current_span, initial_bits, End, Shared, Stage, PANICKED, STATUS_BITS};
+use super::{
+    current_span, in_drain, initial_bits, End, Shared, Stage, NO_SHARD, PANICKED, STATUS_BITS,
+};
 use crate::deadline::Deadline;
 
 impl Shared {
@@ -25,18 +28,17 @@ impl Shared {
         if let Some(span) = current_span() {
             self.span = Some(span);
         }
-        let token = self.config.drain.in_flight.enter();
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         debug_assert!(
-            state.token.is_none(),
+            *self.shard.get_mut() == NO_SHARD,
             "a state kept before it left the drain"
         );
+        *self.shard.get_mut() = self.config.drain.in_flight.enter();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         // The rest was cleared when the lifecycle ended (`end_unobserved`,
         // `release`).
         state.detached = false;
         state.refused = false;
         state.shutdown_cancelled = false;
-        state.token = Some(token);
         self.state.clear_poison();
     }
 
@@ -66,15 +68,47 @@ impl Shared {
     }
 
     /// Whether nothing could observe this request's completion if it ended
-    /// now: no hook is registered, the layer has no `on_complete`, and no
-    /// subscriber could want the layer's event. With `&mut self` (nothing
-    /// else holds the state), no hook can be registered later either.
+    /// now: nothing else holds the state (so no hook can be registered
+    /// later), it was never locked (so none was registered), the layer has
+    /// no `on_complete`, and no subscriber could want the layer's event.
     #[inline]
-    pub(crate) fn unobserved(&mut self) -> bool {
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        state.hooks.is_empty()
+    pub(crate) fn unobserved(this: &Arc<Self>) -> bool {
+        Shared::alone(this)
+            && this.bits.load(Ordering::Relaxed) & super::LOCKED == 0
+            && this.config.on_complete.is_none()
+            && !crate::events::could_log(&this.config)
+    }
+
+    /// Whether the request ends without anything that could observe how:
+    /// normally (no status bit, which a continued request, ABORTED, and
+    /// one the shutdown cut, TIMEOUT, both have; no panic; not ended by
+    /// the shutdown, which is worth an event), nothing continuing, no
+    /// `on_complete`, no event wanted. The hooks are checked apart.
+    #[inline]
+    fn quiet(&self, bits: u8, pending: usize, end: &End) -> bool {
+        bits & (STATUS_BITS | PANICKED) == 0
+            && !end.panicked
+            && !end.shutdown
+            && pending == 1
             && self.config.on_complete.is_none()
-            && !crate::events::could_log(&self.config)
+            && !crate::events::logs_normal(&self.config)
+    }
+
+    /// [`end_unobserved`](Self::end_unobserved) without `&mut`, for a state
+    /// found [`alone`](Self::alone) and [`pristine`](Self::pristine): it
+    /// has no hook and nothing to release, and nothing else can reach it.
+    #[inline]
+    pub(crate) fn end_pristine(&self, end: &End) -> bool {
+        let pending = self.pending.load(Ordering::Relaxed);
+        if !self.quiet(self.bits.load(Ordering::Relaxed), pending, end) {
+            return false;
+        }
+        self.pending.store(0, Ordering::Relaxed);
+        // Plain load and store: nothing else holds the state.
+        let shard = self.shard.load(Ordering::Relaxed);
+        self.shard.store(NO_SHARD, Ordering::Relaxed);
+        self.leave(in_drain(shard));
+        true
     }
 
     /// Ends the lifecycle here and now, the response side having ended
@@ -86,22 +120,17 @@ impl Shared {
     /// [`restart`](Self::restart). False, with nothing changed, otherwise.
     #[inline]
     pub(crate) fn end_unobserved(&mut self, end: &End) -> bool {
-        // Normal: no status bit (which a continued request, ABORTED, and one
-        // the shutdown cut, TIMEOUT, both have), no panic, not ended by the
-        // shutdown (that is worth an event).
-        let normal =
-            *self.bits.get_mut() & (STATUS_BITS | PANICKED) == 0 && !end.panicked && !end.shutdown;
-        let quiet = normal
-            && *self.pending.get_mut() == 1
-            && self.config.on_complete.is_none()
-            && !crate::events::logs_normal(&self.config);
+        let (bits, pending) = (*self.bits.get_mut(), *self.pending.get_mut());
+        if !self.quiet(bits, pending, end) {
+            return false;
+        }
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if !quiet || !state.hooks.is_empty() || !state.after_response.is_empty() {
+        if !state.hooks.is_empty() || !state.after_response.is_empty() {
             return false;
         }
         *self.pending.get_mut() = 0;
-        let token = state.token.take();
-        self.leave(token);
+        let shard = std::mem::replace(self.shard.get_mut(), NO_SHARD);
+        self.leave(in_drain(shard));
         // What the state held for the request goes now, not at its reuse.
         self.release();
         true
