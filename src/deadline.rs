@@ -24,8 +24,15 @@ fn nanos(d: Duration) -> u64 {
 
 /// When a request's time limit expires, relative to when the request
 /// entered the layer.
+///
+/// Every field is an atomic, so that a state kept for the next request is
+/// [`restart`](Self::restart)ed through `&self` (a state nothing else
+/// holds, whose `&mut` would cost a locked instruction to prove).
 pub(crate) struct Deadline {
-    start: Instant,
+    /// When the state was made: the origin of `start`.
+    base: Instant,
+    /// When the request entered the layer: nanoseconds since `base`.
+    start: AtomicU64,
     /// Nanoseconds since `start`, or [`NONE`].
     ///
     /// Release on store, Acquire on load: a reader that sees a new deadline
@@ -34,26 +41,57 @@ pub(crate) struct Deadline {
     at: AtomicU64,
     /// The gRPC client's deadline, which [`set_limit`](Self::set_limit)
     /// cannot lift; [`NONE`] for other requests.
-    cap: u64,
+    cap: AtomicU64,
 }
 
 impl Deadline {
     /// A deadline `limit` from now, capped by `cap` (a gRPC client's
     /// deadline) when there is one.
-    #[inline]
     pub(crate) fn new(limit: Option<Duration>, cap: Option<Duration>) -> Self {
+        let deadline = Deadline {
+            base: Instant::now(),
+            start: AtomicU64::new(0),
+            at: AtomicU64::new(NONE),
+            cap: AtomicU64::new(NONE),
+        };
+        deadline.limits(limit, cap);
+        deadline
+    }
+
+    /// Makes this the deadline of a request that enters the layer now, as
+    /// [`new`](Self::new) would. Only for a state nothing else holds: the
+    /// three stores are not one change to anyone reading meanwhile. False,
+    /// with nothing changed, if the clock reads earlier than when this was
+    /// made (a paused test clock on another runtime of the thread): then
+    /// only a new one will do.
+    #[inline]
+    pub(crate) fn restart(&self, limit: Option<Duration>, cap: Option<Duration>) -> bool {
+        let Some(since) = Instant::now().checked_duration_since(self.base) else {
+            return false;
+        };
+        self.start.store(nanos(since), Ordering::Relaxed);
+        self.limits(limit, cap);
+        true
+    }
+
+    #[inline]
+    fn limits(&self, limit: Option<Duration>, cap: Option<Duration>) {
         let cap = cap.map_or(NONE, nanos);
-        Deadline {
-            start: Instant::now(),
-            at: AtomicU64::new(limit.map_or(NONE, nanos).min(cap)),
-            cap,
-        }
+        self.cap.store(cap, Ordering::Relaxed);
+        self.at
+            .store(limit.map_or(NONE, nanos).min(cap), Ordering::Release);
+    }
+
+    /// When the request entered the layer.
+    #[inline]
+    fn start(&self) -> Instant {
+        self.base + Duration::from_nanos(self.start.load(Ordering::Relaxed))
     }
 
     /// How long since the request entered the layer.
     #[inline]
     pub(crate) fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        self.start().elapsed()
     }
 
     /// When the limit expires, or `None` without one.
@@ -61,7 +99,7 @@ impl Deadline {
     pub(crate) fn get(&self) -> Option<Instant> {
         match self.at.load(Ordering::Acquire) {
             NONE => None,
-            n => self.start.checked_add(Duration::from_nanos(n)),
+            n => self.start().checked_add(Duration::from_nanos(n)),
         }
     }
 
@@ -79,9 +117,10 @@ impl Deadline {
     pub(crate) fn set_limit(&self, limit: Option<Duration>, changed: &Notify) {
         let from_now = match limit {
             None => NONE,
-            Some(limit) => nanos(self.start.elapsed()).saturating_add(nanos(limit)),
+            Some(limit) => nanos(self.elapsed()).saturating_add(nanos(limit)),
         };
-        self.at.store(from_now.min(self.cap), Ordering::Release);
+        let cap = self.cap.load(Ordering::Relaxed);
+        self.at.store(from_now.min(cap), Ordering::Release);
         changed.notify_waiters();
     }
 

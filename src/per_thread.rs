@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::state::{End, Shared};
+use crate::state::{current_span, End, Shared};
 
 /// How many spare states a thread keeps, of all layers: enough for the
 /// requests a worker finishes between two it starts, few enough that what
@@ -91,10 +91,18 @@ pub(crate) fn start(config: &Arc<Config>, grpc_cap: Option<Duration>) -> Arc<Sha
         .ok()
         .flatten();
     if let Some(mut shared) = spare {
-        // Only states nothing else holds are kept.
-        if let Some(state) = Arc::get_mut(&mut shared) {
-            state.restart(grpc_cap);
-            return shared;
+        // Only states nothing else holds are kept, and nothing can reach
+        // one while it is kept: it is alone, without a locked instruction
+        // to prove it.
+        debug_assert!(Shared::alone(&shared));
+        match current_span() {
+            None if shared.restart(grpc_cap) => return shared,
+            span => {
+                if let Some(state) = Arc::get_mut(&mut shared) {
+                    state.restart_with(span, grpc_cap);
+                    return shared;
+                }
+            }
         }
     }
     Arc::new(Shared::new(config.clone(), grpc_cap))

@@ -415,7 +415,7 @@ fn initial_bits(config: &Config) -> u8 {
 
 /// The current span, when a subscriber could want it: none without one
 /// (one check of a global flag), and none outside any span.
-fn current_span() -> Option<tracing::Span> {
+pub(crate) fn current_span() -> Option<tracing::Span> {
     if !tracing::dispatcher::has_been_set() {
         return None;
     }

@@ -9,37 +9,46 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::{
-    current_span, in_drain, initial_bits, End, Shared, Stage, NO_SHARD, PANICKED, STATUS_BITS,
-};
+use super::{in_drain, initial_bits, End, Shared, Stage, NO_SHARD, PANICKED, STATUS_BITS};
 use crate::deadline::Deadline;
 
 impl Shared {
-    /// Makes an ended state, that nothing else holds, that of a request
-    /// that starts now (see [`per_thread`](crate::per_thread)); the hook
-    /// list and the `after_response` list keep their room.
+    /// Makes an ended state that nothing else holds (a spare: see
+    /// [`per_thread`](crate::per_thread)) that of a request that starts
+    /// now, through `&self`: every field a request changes without the
+    /// lock is an atomic, and [`release`](Self::release) cleared the rest.
+    /// False, with nothing changed, if the deadline cannot restart (see
+    /// [`Deadline::restart`]); then [`restart_with`](Self::restart_with).
     #[inline]
-    pub(crate) fn restart(&mut self, grpc_cap: Option<Duration>) {
-        *self.bits.get_mut() = initial_bits(&self.config);
-        *self.pending.get_mut() = 1;
-        self.time_limit = Deadline::new(self.config.time_limit, grpc_cap);
-        // `release` left no span behind: assigning only a new one saves
-        // dropping the old `None`.
-        if let Some(span) = current_span() {
-            self.span = Some(span);
+    pub(crate) fn restart(&self, grpc_cap: Option<Duration>) -> bool {
+        if !self.time_limit.restart(self.config.time_limit, grpc_cap) {
+            return false;
         }
+        self.enter();
+        true
+    }
+
+    /// [`restart`](Self::restart) through `&mut`, with a span (the one
+    /// current now, which `&self` cannot store) and a new deadline.
+    pub(crate) fn restart_with(&mut self, span: Option<tracing::Span>, grpc_cap: Option<Duration>) {
+        self.time_limit = Deadline::new(self.config.time_limit, grpc_cap);
+        self.span = span;
+        self.enter();
+    }
+
+    /// The status word, the count of parts and the drain's count, as a
+    /// request that starts now has them.
+    #[inline]
+    fn enter(&self) {
+        self.bits
+            .store(initial_bits(&self.config), Ordering::Relaxed);
+        self.pending.store(1, Ordering::Relaxed);
         debug_assert!(
-            *self.shard.get_mut() == NO_SHARD,
+            self.shard.load(Ordering::Relaxed) == NO_SHARD,
             "a state kept before it left the drain"
         );
-        *self.shard.get_mut() = self.config.drain.in_flight.enter();
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // The rest was cleared when the lifecycle ended (`end_unobserved`,
-        // `release`).
-        state.detached = false;
-        state.refused = false;
-        state.shutdown_cancelled = false;
-        self.state.clear_poison();
+        self.shard
+            .store(self.config.drain.in_flight.enter(), Ordering::Relaxed);
     }
 
     /// Drops what an ended lifecycle's state still holds for its request
@@ -65,6 +74,10 @@ impl Shared {
         if state.work.is_some() {
             state.work = None;
         }
+        state.detached = false;
+        state.refused = false;
+        state.shutdown_cancelled = false;
+        self.state.clear_poison();
     }
 
     /// Whether nothing could observe this request's completion if it ended
