@@ -208,6 +208,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_restart_starts_from_now_unless_the_clock_reads_before_the_making() {
+        let deadline = Deadline::new(None, Some(Duration::from_secs(1)));
+        let changed = Notify::new();
+        deadline.set_limit(Some(Duration::from_secs(5)), &changed);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(deadline.passed());
+        assert!(deadline.restart(Some(Duration::from_secs(10)), None));
+        let now = Instant::now();
+        assert_eq!(deadline.get(), Some(now + Duration::from_secs(10)));
+        assert_eq!(deadline.elapsed(), Duration::ZERO, "started now");
+        deadline.set_limit(None, &changed);
+        assert_eq!(deadline.get(), None, "no cap left from before");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(deadline.elapsed(), Duration::from_secs(3));
+
+        // Outside this runtime the clock is not paused, and reads an hour
+        // earlier than this deadline was made.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let late = Deadline::new(Some(Duration::from_secs(1)), None);
+        let before = late.get();
+        let restarted = std::thread::scope(|scope| {
+            scope
+                .spawn(|| late.restart(Some(Duration::from_secs(2)), None))
+                .join()
+                .unwrap()
+        });
+        assert!(!restarted, "a clock behind the making cannot restart it");
+        assert_eq!(late.get(), before, "nothing changed");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_timer_follows_the_deadline() {
         let deadline = Deadline::new(Some(Duration::from_secs(1)), None);
         let changed = Notify::new();

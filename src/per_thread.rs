@@ -354,8 +354,39 @@ mod tests {
     }
 
     #[test]
-    fn a_state_is_alone_only_while_nothing_else_holds_it() {
+    fn a_spare_restarted_in_a_span_holds_that_span_and_lets_go_of_it_at_the_end() {
         let config = Arc::new(Config::default());
+        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            let first = start(&config, None);
+            assert!(first.span.is_none(), "outside any span");
+            let address = Arc::as_ptr(&first);
+            super::end_unobserved(first, &End::handler())
+                .unwrap_or_else(|_| panic!("nothing observes this end"));
+            let span = tracing::info_span!("request");
+            let second = span.in_scope(|| start(&config, None));
+            assert_eq!(Arc::as_ptr(&second), address, "the spare, reused");
+            assert_eq!(
+                second.span.as_ref().and_then(tracing::Span::id),
+                span.id(),
+                "the span current at its start"
+            );
+            assert_eq!(config.drain.in_flight.len(), 1);
+            super::end_unobserved(second, &End::handler())
+                .unwrap_or_else(|_| panic!("a span is no observer"));
+            assert_eq!(config.drain.in_flight.len(), 0);
+            let third = start(&config, None);
+            assert_eq!(Arc::as_ptr(&third), address);
+            assert!(third.span.is_none(), "the last request's span let go");
+        });
+    }
+
+    #[test]
+    fn a_state_is_alone_only_while_nothing_else_holds_it() {
+        // No event of the layer's: a subscriber another test installs
+        // could want one.
+        let mut config = Config::default();
+        config.log_level = None;
+        let config = Arc::new(config);
         let state = start(&config, None);
         assert!(Shared::alone(&state));
         assert!(Shared::unobserved(&state), "no hook, no on_complete");
