@@ -35,11 +35,11 @@ use crate::ConnectionStatus;
 
 pin_project! {
     /// The inner future, inline, or boxed so that it can be moved into a
-    /// task when it must outlive the client.
+    /// task when it must outlive the client, with what runs it there.
     #[project = InnerProj]
     pub(crate) enum Inner<F> {
         Inline { #[pin] future: F },
-        Boxed { future: Option<Pin<Box<F>>> },
+        Boxed { future: Option<Pin<Box<F>>>, detach: Detach<F> },
         // Dropped early, so that its own cleanup runs before the hooks.
         Gone,
     }
@@ -48,16 +48,23 @@ pin_project! {
 impl<F> Inner<F> {
     /// Whether the inner value can be moved into a task.
     pub(crate) fn is_boxed(&self) -> bool {
-        matches!(self, Inner::Boxed { future: Some(_) })
+        matches!(
+            self,
+            Inner::Boxed {
+                future: Some(_),
+                ..
+            }
+        )
     }
 
-    pub(crate) fn new(future: F, boxed: bool) -> Self {
-        if boxed {
-            Inner::Boxed {
+    /// Boxed with `detach`, if given: only what can continue is boxed.
+    pub(crate) fn new(future: F, detach: Option<Detach<F>>) -> Self {
+        match detach {
+            Some(detach) => Inner::Boxed {
                 future: Some(Box::pin(future)),
-            }
-        } else {
-            Inner::Inline { future }
+                detach,
+            },
+            None => Inner::Inline { future },
         }
     }
 }
@@ -67,7 +74,7 @@ impl<'a, F> InnerProj<'a, F> {
     pub(crate) fn get(self) -> Pin<&'a mut F> {
         match self {
             InnerProj::Inline { future } => future,
-            InnerProj::Boxed { future } => future
+            InnerProj::Boxed { future, .. } => future
                 .as_mut()
                 .expect("used after it was detached")
                 .as_mut(),
@@ -75,11 +82,12 @@ impl<'a, F> InnerProj<'a, F> {
         }
     }
 
-    /// Takes a boxed inner value out (to move it into a task).
-    pub(crate) fn take(self) -> Option<Pin<Box<F>>> {
+    /// Takes a boxed inner value out (to move it into a task), with what
+    /// runs it there.
+    pub(crate) fn take(self) -> Option<(Pin<Box<F>>, Detach<F>)> {
         match self {
             InnerProj::Inline { .. } | InnerProj::Gone => None,
-            InnerProj::Boxed { future } => future.take(),
+            InnerProj::Boxed { future, detach } => future.take().map(|future| (future, *detach)),
         }
     }
 }
@@ -90,8 +98,9 @@ impl<'a, F> InnerProj<'a, F> {
 pub(crate) trait Slot<T> {
     /// Whether the value can be moved into a task.
     fn is_boxed(&self) -> bool;
-    /// Takes a boxed value out (to move it into a task).
-    fn take_boxed(&mut self) -> Option<Pin<Box<T>>>;
+    /// Takes a boxed value out (to move it into a task), with what runs
+    /// it there.
+    fn take_boxed(&mut self) -> Option<(Pin<Box<T>>, Detach<T>)>;
     /// Drops the value now, so that its own cleanup runs before the hooks.
     fn clear(&mut self);
 }
@@ -101,7 +110,7 @@ impl<T> Slot<T> for Pin<&mut Inner<T>> {
         Inner::is_boxed(self)
     }
 
-    fn take_boxed(&mut self) -> Option<Pin<Box<T>>> {
+    fn take_boxed(&mut self) -> Option<(Pin<Box<T>>, Detach<T>)> {
         self.as_mut().project().take()
     }
 
@@ -110,17 +119,18 @@ impl<T> Slot<T> for Pin<&mut Inner<T>> {
     }
 }
 
-impl<T> Slot<T> for &mut Option<Pin<Box<T>>> {
+/// A handler's future, always boxed, and what runs it in a task.
+impl<T> Slot<T> for (&mut Option<Pin<Box<T>>>, Detach<T>) {
     fn is_boxed(&self) -> bool {
-        self.is_some()
+        self.0.is_some()
     }
 
-    fn take_boxed(&mut self) -> Option<Pin<Box<T>>> {
-        self.take()
+    fn take_boxed(&mut self) -> Option<(Pin<Box<T>>, Detach<T>)> {
+        self.0.take().map(|future| (future, self.1))
     }
 
     fn clear(&mut self) {
-        **self = None;
+        *self.0 = None;
     }
 }
 
@@ -136,12 +146,11 @@ pub(crate) type Detach<F> = fn(Pin<Box<F>>, &Handle, WorkGuard);
 
 /// Ends the response side from the `Drop` of the future or the body. If
 /// `aborted`, sets ABORTED and, under ignore-abort, moves the inner value
-/// into a task with `detach`. Then drops the inner value, so that its own
-/// cleanup has run when the hooks see the outcome, and ends with `end`.
+/// into a task with its [`Detach`]. Then drops the inner value, so that its
+/// own cleanup has run when the hooks see the outcome, and ends with `end`.
 pub(crate) fn end_in_drop<T>(
     shared: Arc<Shared>,
     mut inner: impl Slot<T>,
-    detach: Detach<T>,
     aborted: bool,
     end: End,
 ) {
@@ -158,7 +167,7 @@ pub(crate) fn end_in_drop<T>(
             shared.timed_out();
         }
         if let Some(handle) = shared.abort(inner.is_boxed()) {
-            if let (Some(value), Some(guard)) = (inner.take_boxed(), shared.add_work()) {
+            if let (Some((value, detach)), Some(guard)) = (inner.take_boxed(), shared.add_work()) {
                 detach(value, &handle, guard);
             }
         }

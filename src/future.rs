@@ -105,7 +105,7 @@ pin_project! {
                 ..End::handler()
             };
             let aborted = watch::settle(this.connection, &shared, !panicked, &mut end);
-            end_in_drop(shared, this.inner, *this.detach, aborted, end);
+            end_in_drop(shared, (this.inner, *this.detach), aborted, end);
         }
     }
 }
@@ -176,7 +176,7 @@ where
                 // then answer for the handler. The watcher shut the socket
                 // down, so the answer is never delivered.
                 let (shared, _) = this.side.take().expect("checked above");
-                end_in_drop(shared, this.inner, *this.detach, true, End::handler());
+                end_in_drop(shared, (this.inner, *this.detach), true, End::handler());
                 let head = Response::builder().status(client_closed_request());
                 return Poll::Ready(Ok(layer_response(head)));
             }

@@ -46,21 +46,55 @@ impl Bodiless {
     }
 }
 
-/// What the body has told about the response so far.
+/// [`Tally::expected`] and [`Tally::head`] when unknown: a body never
+/// reaches that many bytes, nor a head that many nanoseconds (584 years).
+const UNKNOWN: u64 = u64::MAX;
+
+/// What the body has told about the response so far: kept small (no
+/// `Option<u64>`, no `Option<Duration>`), as the body it is part of is moved
+/// by every layer and server it passes through.
 pub(crate) struct Tally {
     pub(crate) status: StatusCode,
     /// Data bytes yielded.
     pub(crate) sent: u64,
-    /// The exact length, from the size hint or `Content-Length`.
-    pub(crate) expected: Option<u64>,
+    /// The exact length, from the size hint or `Content-Length`, or
+    /// [`UNKNOWN`].
+    expected: u64,
     pub(crate) grpc: bool,
     /// From the response head (a trailers-only answer) or the trailers.
     pub(crate) grpc_status: Option<i32>,
-    /// From entering the layer to the head handed to the server.
-    pub(crate) head: Option<Duration>,
+    /// From entering the layer to the head handed to the server, in
+    /// nanoseconds, or [`UNKNOWN`].
+    head: u64,
 }
 
 impl Tally {
+    /// What the body knows when it is made: the response's `status`, its
+    /// exact length if known, whether it is gRPC (and its status if the
+    /// head has one), and the time to head if anything could read it.
+    #[inline]
+    pub(crate) fn new(
+        status: StatusCode,
+        expected: Option<u64>,
+        grpc: bool,
+        grpc_status: Option<i32>,
+        head: Option<Duration>,
+    ) -> Self {
+        Tally {
+            status,
+            sent: 0,
+            expected: expected.unwrap_or(UNKNOWN),
+            grpc,
+            grpc_status,
+            head: head.map_or(UNKNOWN, |d| u64::try_from(d.as_nanos()).unwrap_or(UNKNOWN)),
+        }
+    }
+
+    /// The exact length, if known.
+    pub(crate) fn expected(&self) -> Option<u64> {
+        (self.expected != UNKNOWN).then_some(self.expected)
+    }
+
     /// How the body phase ended, so far.
     #[inline]
     pub(crate) fn end(&self) -> End {
@@ -69,7 +103,7 @@ impl Tally {
             response_status: Some(self.status),
             bytes_sent: self.sent,
             grpc_status: self.grpc_status,
-            time_to_head: self.head,
+            time_to_head: (self.head != UNKNOWN).then(|| Duration::from_nanos(self.head)),
             ..End::handler()
         }
     }
@@ -79,7 +113,8 @@ impl Tally {
     pub(crate) fn frame<D: Buf>(&mut self, frame: &Frame<D>) -> bool {
         if let Some(data) = frame.data_ref() {
             self.sent += data.remaining() as u64;
-            self.expected.is_some_and(|n| self.sent >= n)
+            // Never reached when unknown.
+            self.sent >= self.expected
         } else if let Some(trailers) = frame.trailers_ref() {
             if self.grpc {
                 self.grpc_status = grpc::status(trailers).or(self.grpc_status);

@@ -130,8 +130,12 @@ pub(crate) enum Left {
 
 /// The layer's wait on a request's connection while the request is in
 /// flight: the handle, and the registered wait once the request had to
-/// wait (boxed: only watched requests pay for it).
-pub(crate) struct Waiting {
+/// wait. Boxed, so that the response future and body of a request without
+/// a watch hold one pointer's worth for it (and stay small to move).
+pub(crate) struct Waiting(Box<Watching>);
+
+/// What [`Waiting`] holds.
+struct Watching {
     watch: ConnectionWatch,
     wait: Option<Pin<Box<Closed>>>,
     /// HTTP/1.x: one request at a time, which the client can only leave by
@@ -143,12 +147,12 @@ pub(crate) struct Waiting {
 
 impl Waiting {
     pub(crate) fn new(watch: ConnectionWatch, http1: bool) -> Self {
-        Waiting {
+        Waiting(Box::new(Watching {
             watch,
             wait: None,
             http1,
             cut: None,
-        }
+        }))
     }
 
     /// Whether the client left, if the connection is over; otherwise
@@ -156,14 +160,15 @@ impl Waiting {
     /// counts here: when the server cut the connection, hyper drops the
     /// request itself.
     pub(crate) fn client_left(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.watch.is_closed() {
-            let watch = &self.watch;
-            let wait = self.wait.get_or_insert_with(|| Box::pin(watch.closed()));
+        let this = &mut *self.0;
+        if !this.watch.is_closed() {
+            let watch = &this.watch;
+            let wait = this.wait.get_or_insert_with(|| Box::pin(watch.closed()));
             if wait.as_mut().poll(cx).is_pending() {
                 return false;
             }
         }
-        self.watch.client_left()
+        this.watch.client_left()
     }
 
     /// Over HTTP/1.1, has the watcher shut the connection down at
@@ -171,9 +176,10 @@ impl Waiting {
     /// stopped reading); `None` calls it off. Takes the lock only when the
     /// deadline moved.
     pub(crate) fn cut_at(&mut self, deadline: Option<Instant>) {
-        if self.http1 && self.cut != deadline {
-            self.cut = deadline;
-            self.watch.cut_at(deadline);
+        let this = &mut *self.0;
+        if this.http1 && this.cut != deadline {
+            this.cut = deadline;
+            this.watch.cut_at(deadline);
         }
     }
 
@@ -181,16 +187,17 @@ impl Waiting {
     /// happens. `limit_passed`: the request's time limit has passed.
     pub(crate) fn left(&mut self, limit_passed: bool) -> Left {
         self.cut_at(None);
-        if !self.http1 {
+        let this = &*self.0;
+        if !this.http1 {
             return Left::Client;
         }
-        match self.watch.reason() {
+        match this.watch.reason() {
             Reason::Fin | Reason::Reset | Reason::Ended => Left::Client,
             Reason::Cut if limit_passed => Left::Limit,
             Reason::Cut => Left::Server,
             // hyper may have seen the close before the watcher did: ask
             // the socket.
-            Reason::Open if self.watch.peer_gone() => Left::Client,
+            Reason::Open if this.watch.peer_gone() => Left::Client,
             Reason::Open => Left::Server,
         }
     }
@@ -198,6 +205,6 @@ impl Waiting {
 
 impl fmt::Debug for Waiting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.watch.fmt(f)
+        self.0.watch.fmt(f)
     }
 }
