@@ -107,7 +107,11 @@ where
         // Ends the lifecycle (panicked) should the inner `call` panic.
         let side = ResponseSide::open(shared);
         let panics = panic::count();
-        let future = self.inner.call(req);
+        // Boxed whatever the settings (see `ResponseFuture`): the box made
+        // first, so that the future is written straight into it rather
+        // than built on the stack and copied there.
+        let slot = Box::new_uninit();
+        let future = Box::into_pin(Box::write(slot, self.inner.call(req)));
         if panic::count() != panics {
             // A panic caught inside the inner `call` (CatchPanicLayer).
             if let Some(shared) = side.shared() {
@@ -115,7 +119,7 @@ where
             }
         }
         ResponseFuture::new(
-            Box::pin(future),
+            future,
             side,
             detach_handler::<S::Future, ResBody, S::Error>,
             bodiless,

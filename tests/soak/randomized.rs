@@ -330,7 +330,7 @@ impl Clients {
     /// One client: takes request ids until none is left, one request at a
     /// time on its connection, reconnecting when the connection was closed.
     async fn run(self: Arc<Self>, index: usize) -> ClientStats {
-        let proto = if index % 2 == 0 {
+        let proto = if index.is_multiple_of(2) {
             Proto::Http1
         } else {
             Proto::Http2
