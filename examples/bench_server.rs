@@ -1,4 +1,4 @@
-//! Run with: cargo run --release --example bench_server -- [bare|default|trace|layer|watched] [PORT]
+//! Run with: cargo run --release --example bench_server -- [bare|noop|floor|default|trace|layer|watched] [PORT]
 //!
 //! The server of the end-to-end benchmark (`scripts/bench-e2e.sh`): an axum
 //! hello world (`GET /` answers `hello world`) on 127.0.0.1:PORT (default
@@ -6,6 +6,12 @@
 //! prior knowledge (h2c) on the same port.
 //!
 //! - `bare`: the router alone; the handler takes no extractor.
+//! - `noop`: the router behind a layer that does nothing (a `map_request`
+//!   that hands the request on): what any layer costs in axum, whose
+//!   `Router::layer` boxes and clones the route's service per request.
+//! - `floor`: the router behind a layer that inserts one `Arc` handle into
+//!   the request's extensions: the least a layer that hands the handler a
+//!   status must pay.
 //! - `default`: the router behind `LifecycleLayer::new()`, the bare
 //!   handler: what a layer left on everywhere costs a route that does not
 //!   use it.
@@ -22,10 +28,13 @@
 //! It prints `listening on http://127.0.0.1:PORT` once it accepts
 //! connections, and runs until killed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
 use axum::routing::get;
 use axum::Router;
+use tower::util::MapRequestLayer;
 use tokio::net::TcpListener;
 use tower_lifecycle::{Lifecycle, LifecycleLayer};
 
@@ -36,6 +45,8 @@ const HELLO: &str = "hello world";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
     Bare,
+    Noop,
+    Floor,
     Default,
     Trace,
     Layer,
@@ -56,6 +67,15 @@ async fn with_lifecycle(lifecycle: Lifecycle) -> &'static str {
 fn app(config: Config) -> Router {
     match config {
         Config::Bare => Router::new().route("/", get(bare)),
+        Config::Noop => Router::new()
+            .route("/", get(bare))
+            .layer(MapRequestLayer::new(|req: Request| req)),
+        Config::Floor => Router::new().route("/", get(bare)).layer(MapRequestLayer::new(
+            |mut req: Request| {
+                req.extensions_mut().insert(Arc::new(0_u64));
+                req
+            },
+        )),
         Config::Default => Router::new()
             .route("/", get(bare))
             .layer(LifecycleLayer::new()),
@@ -72,7 +92,7 @@ fn app(config: Config) -> Router {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_server [bare|default|trace|layer|watched] [PORT]");
+    eprintln!("usage: bench_server [bare|noop|floor|default|trace|layer|watched] [PORT]");
     std::process::exit(2);
 }
 
@@ -82,6 +102,8 @@ async fn main() {
     let config = match args.next().as_deref() {
         None | Some("layer") => Config::Layer,
         Some("bare") => Config::Bare,
+        Some("noop") => Config::Noop,
+        Some("floor") => Config::Floor,
         Some("default") => Config::Default,
         Some("trace") => Config::Trace,
         Some("watched") => Config::Watched,
@@ -101,6 +123,8 @@ async fn main() {
     let addr = listener.local_addr().expect("bound address");
     let name = match config {
         Config::Bare => "bare",
+        Config::Noop => "noop",
+        Config::Floor => "floor",
         Config::Default => "default",
         Config::Trace => "trace",
         Config::Layer => "layer",
