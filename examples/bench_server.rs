@@ -34,8 +34,8 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::routing::get;
 use axum::Router;
-use tower::util::MapRequestLayer;
 use tokio::net::TcpListener;
+use tower::util::MapRequestLayer;
 use tower_lifecycle::{Lifecycle, LifecycleLayer};
 
 /// The answer of every configuration.
@@ -70,12 +70,12 @@ fn app(config: Config) -> Router {
         Config::Noop => Router::new()
             .route("/", get(bare))
             .layer(MapRequestLayer::new(|req: Request| req)),
-        Config::Floor => Router::new().route("/", get(bare)).layer(MapRequestLayer::new(
-            |mut req: Request| {
+        Config::Floor => Router::new()
+            .route("/", get(bare))
+            .layer(MapRequestLayer::new(|mut req: Request| {
                 req.extensions_mut().insert(Arc::new(0_u64));
                 req
-            },
-        )),
+            })),
         Config::Default => Router::new()
             .route("/", get(bare))
             .layer(LifecycleLayer::new()),

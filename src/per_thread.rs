@@ -271,6 +271,23 @@ mod tests {
         }
     }
 
+    /// Ends `state` with nothing observing it, checks that it left the
+    /// drain, and starts the next request with `next`, which must reuse it.
+    fn end_then_reuse(
+        config: &Config,
+        state: Arc<Shared>,
+        next: impl FnOnce() -> Arc<Shared>,
+    ) -> Arc<Shared> {
+        let address = Arc::as_ptr(&state);
+        super::end_unobserved(state, &End::handler())
+            .unwrap_or_else(|_| panic!("nothing observes this end"));
+        assert_eq!(config.drain.in_flight.len(), 0, "it left the drain");
+        let reused = next();
+        assert_eq!(Arc::as_ptr(&reused), address, "the same state, reused");
+        assert_eq!(config.drain.in_flight.len(), 1);
+        reused
+    }
+
     fn spares() -> usize {
         super::SPARE.with(|spare| spare.borrow().len())
     }
@@ -310,14 +327,8 @@ mod tests {
     fn an_unobserved_end_keeps_the_state_for_the_next_request() {
         let config = Arc::new(Config::default());
         let first = start(&config, None);
-        let address = Arc::as_ptr(&first);
         assert_eq!(config.drain.in_flight.len(), 1);
-        super::end_unobserved(first, &End::handler())
-            .unwrap_or_else(|_| panic!("nothing observes this end"));
-        assert_eq!(config.drain.in_flight.len(), 0, "it left the drain");
-        let second = start(&config, None);
-        assert_eq!(Arc::as_ptr(&second), address, "the same state, reused");
-        assert_eq!(config.drain.in_flight.len(), 1);
+        let second = end_then_reuse(&config, first, || start(&config, None));
         assert!(second.status().is_normal());
 
         // A second holder (a `Lifecycle` handle) can still register a hook:
@@ -337,20 +348,12 @@ mod tests {
         assert!(first.pristine(), "a new state was never locked");
         assert!(!first.is_ended(), "taking the lock to read it");
         assert!(!first.pristine(), "locked once: checked through `&mut`");
-        let address = Arc::as_ptr(&first);
-        super::end_unobserved(first, &End::handler())
-            .unwrap_or_else(|_| panic!("locked, but nothing observes this end"));
-        assert_eq!(config.drain.in_flight.len(), 0, "it left the drain");
-        let second = start(&config, None);
-        assert_eq!(Arc::as_ptr(&second), address, "kept and reused");
+        let second = end_then_reuse(&config, first, || start(&config, None));
         assert!(
             second.pristine(),
             "the mark is the request's, not the state's"
         );
-        assert_eq!(config.drain.in_flight.len(), 1);
-        super::end_unobserved(second, &End::handler())
-            .unwrap_or_else(|_| panic!("nothing observes this end"));
-        assert_eq!(config.drain.in_flight.len(), 0);
+        end_then_reuse(&config, second, || start(&config, None));
     }
 
     #[test]
@@ -359,23 +362,14 @@ mod tests {
         tracing::subscriber::with_default(tracing_subscriber::registry(), || {
             let first = start(&config, None);
             assert!(first.span.is_none(), "outside any span");
-            let address = Arc::as_ptr(&first);
-            super::end_unobserved(first, &End::handler())
-                .unwrap_or_else(|_| panic!("nothing observes this end"));
             let span = tracing::info_span!("request");
-            let second = span.in_scope(|| start(&config, None));
-            assert_eq!(Arc::as_ptr(&second), address, "the spare, reused");
+            let second = end_then_reuse(&config, first, || span.in_scope(|| start(&config, None)));
             assert_eq!(
                 second.span.as_ref().and_then(tracing::Span::id),
                 span.id(),
                 "the span current at its start"
             );
-            assert_eq!(config.drain.in_flight.len(), 1);
-            super::end_unobserved(second, &End::handler())
-                .unwrap_or_else(|_| panic!("a span is no observer"));
-            assert_eq!(config.drain.in_flight.len(), 0);
-            let third = start(&config, None);
-            assert_eq!(Arc::as_ptr(&third), address);
+            let third = end_then_reuse(&config, second, || start(&config, None));
             assert!(third.span.is_none(), "the last request's span let go");
         });
     }
