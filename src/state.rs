@@ -22,7 +22,7 @@
 //! while user code runs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -219,29 +219,6 @@ impl Shared {
         // Hooks never run under the lock, so a poisoned lock only means a
         // panic elsewhere; the state itself is always consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether nothing but `this` holds the state, read without a locked
-    /// instruction (`Arc::get_mut` takes one). No `Weak` of a state is ever
-    /// made, so a strong count of one is this holder alone, and it stays
-    /// one: nothing else can reach the state to clone it. The fence makes
-    /// what the last other holder did before it let go (a hook registered,
-    /// the lock marked) visible here.
-    #[inline]
-    pub(crate) fn alone(this: &Arc<Self>) -> bool {
-        let alone = Arc::strong_count(this) == 1;
-        if alone {
-            fence(Ordering::Acquire);
-        }
-        alone
-    }
-
-    /// Whether the state was never locked and holds no span: all it holds
-    /// then is its request's start, and with [`alone`](Self::alone) it can
-    /// be ended and kept through `&self`.
-    #[inline]
-    pub(crate) fn pristine(&self) -> bool {
-        self.bits.load(Ordering::Relaxed) & LOCKED == 0 && self.span.is_none()
     }
 
     /// Takes this lifecycle's drain shard, if it has not left.

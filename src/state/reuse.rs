@@ -2,17 +2,42 @@
 //! ends here without building a [`Completion`](crate::Completion), and its
 //! state (or that of a lifecycle that ran its hooks, when nothing holds it)
 //! is made that of the next request on the thread
-//! ([`per_thread`](crate::per_thread)). Everything here takes `&mut self`:
-//! nothing else holds the state.
+//! ([`per_thread`](crate::per_thread)). Nothing else holds the state
+//! here: proven by [`Shared::alone`] (no locked instruction), which lets a
+//! state that was never locked end and restart through `&self`, or by
+//! `&mut self`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::{in_drain, initial_bits, End, Shared, Stage, NO_SHARD, PANICKED, STATUS_BITS};
+use super::{in_drain, initial_bits, End, Shared, Stage, LOCKED, NO_SHARD, PANICKED, STATUS_BITS};
 use crate::deadline::Deadline;
 
 impl Shared {
+    /// Whether nothing but `this` holds the state, read without a locked
+    /// instruction (`Arc::get_mut` takes one). No `Weak` of a state is ever
+    /// made, so a strong count of one is this holder alone, and it stays
+    /// one: nothing else can reach the state to clone it. The fence makes
+    /// what the last other holder did before it let go (a hook registered,
+    /// the lock marked) visible here.
+    #[inline]
+    pub(crate) fn alone(this: &Arc<Self>) -> bool {
+        let alone = Arc::strong_count(this) == 1;
+        if alone {
+            fence(Ordering::Acquire);
+        }
+        alone
+    }
+
+    /// Whether the state was never locked and holds no span: all it holds
+    /// then is its request's start, and with [`alone`](Self::alone) it can
+    /// be ended and kept through `&self`.
+    #[inline]
+    pub(crate) fn pristine(&self) -> bool {
+        self.bits.load(Ordering::Relaxed) & LOCKED == 0 && self.span.is_none()
+    }
+
     /// Makes an ended state that nothing else holds (a spare: see
     /// [`per_thread`](crate::per_thread)) that of a request that starts
     /// now, through `&self`: every field a request changes without the
@@ -87,7 +112,7 @@ impl Shared {
     #[inline]
     pub(crate) fn unobserved(this: &Arc<Self>) -> bool {
         Shared::alone(this)
-            && this.bits.load(Ordering::Relaxed) & super::LOCKED == 0
+            && this.bits.load(Ordering::Relaxed) & LOCKED == 0
             && this.config.on_complete.is_none()
             && !crate::events::could_log(&this.config)
     }
