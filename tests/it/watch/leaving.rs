@@ -39,6 +39,20 @@ async fn a_handler_reading_the_body_when_the_client_closes_is_aborted() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_while_an_open_body_waits_is_aborted_in_the_body() {
+    // The upload is unread, so hyper cannot see the close: the watch wakes
+    // the waiting body, which ends as an abort.
+    let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
+    let mut stream = server
+        .send(&upload("/trickle"), &some_of_the_upload())
+        .await;
+    read_until(&mut stream, "first\r\n").await;
+    drop(stream);
+    assert_aborted(&server.done.next().await, Phase::Body);
+    server.done.assert_none();
+}
+
+#[tokio::test]
 async fn a_close_behind_a_pipelined_request_is_seen() {
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
     let second = "GET /ok HTTP/1.1\r\nhost: x\r\n\r\n";

@@ -44,6 +44,8 @@ enum Event {
 /// - `/pause`: waits 10 ms, answers `paused`;
 /// - `/count`: reads the request body, answers its length;
 /// - `/stream`: a body of 64 KiB chunks that never ends, always ready;
+/// - `/trickle`: answers at once without reading the request body: a body
+///   that yields `first` and then waits for good;
 /// - `/wait`: never answers, never reads the request body;
 /// - `/read`: reads the request body (reports a failure), then never
 ///   answers;
@@ -82,6 +84,16 @@ fn app(
                             Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
                         });
                         return Ok(Response::new(StreamBody::new(chunks).boxed()));
+                    }
+                    "/trickle" => {
+                        let first = stream::iter([Ok(Frame::data(Bytes::from_static(b"first")))]);
+                        return Ok(Response::new(
+                            StreamBody::new(futures_util::StreamExt::chain(
+                                first,
+                                stream::pending(),
+                            ))
+                            .boxed(),
+                        ));
                     }
                     "/pause" => {
                         // Waits once (the layer registers its wait on the
