@@ -375,6 +375,16 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dropped_before_its_end_still_leaves_the_drain() {
+        // As when a hook chain is dropped with its runtime.
+        let config = Arc::new(Config::default());
+        let state = start(&config, None);
+        assert_eq!(config.drain.in_flight.len(), 1);
+        drop(state);
+        assert_eq!(config.drain.in_flight.len(), 0);
+    }
+
+    #[test]
     fn a_state_is_alone_only_while_nothing_else_holds_it() {
         // No event of the layer's: a subscriber another test installs
         // could want one.
