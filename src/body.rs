@@ -395,20 +395,3 @@ where
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
-
-#[cfg(all(test, target_pointer_width = "64"))]
-mod tests {
-    use bytes::Bytes;
-    use http_body_util::Full;
-
-    use super::LifecycleBody;
-
-    #[test]
-    fn a_body_around_full_stays_small_enough_to_move_without_a_call() {
-        // What compilers copy inline, without a call to `memcpy`: a body
-        // is moved by every layer and server it passes through.
-        let size = std::mem::size_of::<LifecycleBody<Full<Bytes>>>();
-        assert!(size <= 128, "{size} bytes");
-        assert!(std::mem::size_of::<crate::ResponseFuture<std::future::Ready<()>>>() <= 64);
-    }
-}

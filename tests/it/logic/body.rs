@@ -192,6 +192,45 @@ async fn the_response_future_shows_whether_it_is_done() {
     drop(res);
 }
 
+#[tokio::test]
+async fn the_body_shows_the_length_it_expects() {
+    let res = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(full("hello world")) })
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    let debug = format!("{:?}", res.body());
+    assert!(
+        debug.contains("expected: Some(11)") && debug.contains("bytes_sent: 0"),
+        "{debug}"
+    );
+    let res = ServiceBuilder::new()
+        .layer(LifecycleLayer::new())
+        .service_fn(|_req: Request<()>| async {
+            let open = http_body_util::StreamBody::new(futures_util::stream::empty::<
+                Result<Frame<Bytes>, Infallible>,
+            >());
+            Ok::<_, Infallible>(Response::new(open))
+        })
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    let debug = format!("{:?}", res.body());
+    assert!(debug.contains("expected: None"), "{debug}");
+}
+
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn a_body_around_full_stays_small_enough_to_move_without_a_call() {
+    // What compilers copy inline, without a call to `memcpy`: a body is
+    // moved by every layer and server it passes through.
+    let size = std::mem::size_of::<tower_lifecycle::LifecycleBody<Full<Bytes>>>();
+    assert!(size <= 128, "{size} bytes");
+    let size = std::mem::size_of::<tower_lifecycle::ResponseFuture<std::future::Ready<()>>>();
+    assert!(size <= 64, "{size} bytes");
+}
+
 #[test]
 fn the_layer_and_the_service_show_their_settings() {
     let layer = LifecycleLayer::new()
