@@ -375,6 +375,37 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_made_under_a_clock_ahead_restarts_with_a_new_deadline() {
+        let mut config = Config::default();
+        config.time_limit = Some(std::time::Duration::from_secs(30));
+        let config = Arc::new(config);
+        // Made and kept on a paused runtime whose clock ran an hour ahead.
+        let made = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+                let state = start(&config, None);
+                let address = Arc::as_ptr(&state);
+                super::end_unobserved(state, &End::handler())
+                    .unwrap_or_else(|_| panic!("nothing observes this end"));
+                address
+            });
+        // Outside that runtime the clock reads earlier than the making.
+        let now = tokio::time::Instant::now();
+        let state = start(&config, None);
+        assert_eq!(Arc::as_ptr(&state), made, "the spare, reused");
+        let deadline = state.time_limit().get().expect("a time limit");
+        assert!(
+            deadline <= now + std::time::Duration::from_secs(60),
+            "30 s from now, not from an hour ahead"
+        );
+        assert_eq!(config.drain.in_flight.len(), 1);
+    }
+
+    #[test]
     fn a_state_dropped_before_its_end_still_leaves_the_drain() {
         // As when a hook chain is dropped with its runtime.
         let config = Arc::new(Config::default());
