@@ -202,9 +202,3 @@ impl Waiting {
         }
     }
 }
-
-impl fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.watch.fmt(f)
-    }
-}
