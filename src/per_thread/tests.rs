@@ -169,11 +169,18 @@ fn a_thread_keeps_up_to_its_bound_of_spare_states() {
     assert_eq!(config.drain.in_flight.len(), 0);
 }
 
+/// A layer's settings and the state of a request started with them, in
+/// the drain's count.
+fn one_started() -> (Arc<Config>, Arc<Shared>) {
+    let config = Arc::new(Config::default());
+    let state = start(&config, None);
+    assert_eq!(config.drain.in_flight.len(), 1);
+    (config, state)
+}
+
 #[test]
 fn an_unobserved_end_keeps_the_state_for_the_next_request() {
-    let config = Arc::new(Config::default());
-    let first = start(&config, None);
-    assert_eq!(config.drain.in_flight.len(), 1);
+    let (config, first) = one_started();
     let second = end_then_reuse(&config, first, || start(&config, None));
     assert!(second.status().is_normal());
 
@@ -254,9 +261,7 @@ fn a_spare_made_under_a_clock_ahead_restarts_with_a_new_deadline() {
 #[test]
 fn a_state_dropped_before_its_end_still_leaves_the_drain() {
     // As when a hook chain is dropped with its runtime.
-    let config = Arc::new(Config::default());
-    let state = start(&config, None);
-    assert_eq!(config.drain.in_flight.len(), 1);
+    let (config, state) = one_started();
     drop(state);
     assert_eq!(config.drain.in_flight.len(), 0);
 }
