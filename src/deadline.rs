@@ -18,7 +18,8 @@ use tokio::time::{Instant, Sleep};
 /// `at` when there is no deadline.
 const NONE: u64 = u64::MAX;
 
-fn nanos(d: Duration) -> u64 {
+/// `d` in nanoseconds, or [`NONE`] (`u64::MAX`) past 584 years.
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NONE)
 }
 

@@ -114,17 +114,19 @@ pub(crate) struct State {
 impl Shared {
     /// `grpc_cap` is what the request's `grpc-timeout` allows, if any.
     pub(crate) fn new(config: Arc<Config>, grpc_cap: Option<Duration>) -> Self {
-        let token = config.drain.in_flight.enter();
-        Shared {
-            bits: AtomicU8::new(initial_bits(&config)),
-            pending: AtomicUsize::new(1),
+        let shared = Shared {
+            bits: AtomicU8::new(0),
+            pending: AtomicUsize::new(0),
             wake: Notify::new(),
             time_limit: Deadline::new(config.time_limit, grpc_cap),
             config,
             span: current_span(),
-            shard: AtomicU8::new(token),
+            shard: AtomicU8::new(NO_SHARD),
             state: Mutex::new(State::default()),
-        }
+        };
+        // Counted in as a reused state is (see `reuse`).
+        shared.enter();
+        shared
     }
 
     /// Resolves once ABORTED is set, at once if it already is.
@@ -224,6 +226,15 @@ impl Shared {
     /// Takes this lifecycle's drain shard, if it has not left.
     pub(crate) fn take_shard(&self) -> Option<u8> {
         in_drain(self.shard.swap(NO_SHARD, Ordering::AcqRel))
+    }
+
+    /// [`take_shard`](Self::take_shard) for a state nothing else holds (it
+    /// is [`alone`](Self::alone), or dropped): a plain load and store, no
+    /// locked instruction.
+    pub(crate) fn take_shard_alone(&self) -> Option<u8> {
+        let shard = self.shard.load(Ordering::Relaxed);
+        self.shard.store(NO_SHARD, Ordering::Relaxed);
+        in_drain(shard)
     }
 
     pub(crate) fn register(&self, hook: Hook) {
@@ -370,18 +381,17 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // A lifecycle whose hooks never ran to their end (its chain was
         // dropped with the runtime) still leaves the count.
-        let shard = std::mem::replace(self.shard.get_mut(), NO_SHARD);
-        self.leave(in_drain(shard));
+        self.leave(self.take_shard_alone());
     }
 }
 
-/// The bits a request starts with: the layer's ignore-abort default.
 /// A shard as [`Shared::shard`] holds it, if the lifecycle is still in the
 /// drain's count.
 fn in_drain(shard: u8) -> Option<u8> {
     (shard != NO_SHARD).then_some(shard)
 }
 
+/// The bits a request starts with: the layer's ignore-abort default.
 fn initial_bits(config: &Config) -> u8 {
     if config.ignore_abort {
         IGNORE_ABORT

@@ -86,7 +86,8 @@ impl Tally {
             expected: expected.unwrap_or(UNKNOWN),
             grpc,
             grpc_status,
-            head: head.map_or(UNKNOWN, |d| u64::try_from(d.as_nanos()).unwrap_or(UNKNOWN)),
+            // `nanos` gives `u64::MAX`, `UNKNOWN`, past 584 years.
+            head: head.map_or(UNKNOWN, crate::deadline::nanos),
         }
     }
 

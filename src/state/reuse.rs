@@ -11,7 +11,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::{in_drain, initial_bits, End, Shared, Stage, LOCKED, NO_SHARD, PANICKED, STATUS_BITS};
+use super::{initial_bits, End, Shared, Stage, LOCKED, NO_SHARD, PANICKED, STATUS_BITS};
 use crate::deadline::Deadline;
 
 impl Shared {
@@ -30,12 +30,19 @@ impl Shared {
         alone
     }
 
+    /// Whether the state's lock was not taken during this request (so no
+    /// hook was registered, nothing continues, nothing else changed).
+    #[inline]
+    fn never_locked(&self) -> bool {
+        self.bits.load(Ordering::Relaxed) & LOCKED == 0
+    }
+
     /// Whether the state was never locked and holds no span: all it holds
     /// then is its request's start, and with [`alone`](Self::alone) it can
     /// be ended and kept through `&self`.
     #[inline]
     pub(crate) fn pristine(&self) -> bool {
-        self.bits.load(Ordering::Relaxed) & LOCKED == 0 && self.span.is_none()
+        self.never_locked() && self.span.is_none()
     }
 
     /// Makes an ended state that nothing else holds (a spare: see
@@ -64,7 +71,7 @@ impl Shared {
     /// The status word, the count of parts and the drain's count, as a
     /// request that starts now has them.
     #[inline]
-    fn enter(&self) {
+    pub(super) fn enter(&self) {
         self.bits
             .store(initial_bits(&self.config), Ordering::Relaxed);
         self.pending.store(1, Ordering::Relaxed);
@@ -112,7 +119,7 @@ impl Shared {
     #[inline]
     pub(crate) fn unobserved(this: &Arc<Self>) -> bool {
         Shared::alone(this)
-            && this.bits.load(Ordering::Relaxed) & LOCKED == 0
+            && this.never_locked()
             && this.config.on_complete.is_none()
             && !crate::events::could_log(&this.config)
     }
@@ -142,10 +149,7 @@ impl Shared {
             return false;
         }
         self.pending.store(0, Ordering::Relaxed);
-        // Plain load and store: nothing else holds the state.
-        let shard = self.shard.load(Ordering::Relaxed);
-        self.shard.store(NO_SHARD, Ordering::Relaxed);
-        self.leave(in_drain(shard));
+        self.leave(self.take_shard_alone());
         true
     }
 
@@ -167,8 +171,7 @@ impl Shared {
             return false;
         }
         *self.pending.get_mut() = 0;
-        let shard = std::mem::replace(self.shard.get_mut(), NO_SHARD);
-        self.leave(in_drain(shard));
+        self.leave(self.take_shard_alone());
         // What the state held for the request goes now, not at its reuse.
         self.release();
         true
