@@ -7,11 +7,12 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 
+use crate::header;
+
 /// Whether the request is gRPC (`content-type: application/grpc…`).
 #[inline]
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
+    header::get(headers, &CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 

@@ -14,6 +14,7 @@ mod events;
 mod extract;
 mod future;
 mod grpc;
+mod header;
 mod hook;
 mod in_flight;
 mod layer;
