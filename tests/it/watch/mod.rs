@@ -42,6 +42,7 @@ enum Event {
 /// The handlers, by path:
 /// - `/ok`: answers `ok`;
 /// - `/pause`: waits 10 ms, answers `paused`;
+/// - `/late`: lifts its time limit, waits 900 ms, answers `late`;
 /// - `/count`: reads the request body, answers its length;
 /// - `/stream`: a body of 64 KiB chunks that never ends, always ready;
 /// - `/trickle`: answers at once without reading the request body: a body
@@ -100,6 +101,11 @@ fn app(
                         // connection), then answers.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         return Ok(Response::new(full("paused")));
+                    }
+                    "/late" => {
+                        lifecycle.set_time_limit(None);
+                        tokio::time::sleep(Duration::from_millis(900)).await;
+                        return Ok(Response::new(full("late")));
                     }
                     "/count" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();

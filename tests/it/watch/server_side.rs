@@ -1,5 +1,6 @@
 //! What the server side gains from the watch: a stalled reader cut at the
-//! time limit, ignore-abort for a client that left unseen, no socket kept
+//! time limit (over HTTP/1.1; an HTTP/2 stream's limit leaves the
+//! connection alone), ignore-abort for a client that left unseen, no socket kept
 //! open by a handle, an outer layer's drop told from an abort, and the
 //! watch under `axum::serve` and TLS.
 
@@ -22,6 +23,45 @@ async fn a_client_that_stops_reading_is_cut_at_the_time_limit() {
     assert!(!done.cancelled(), "{done:?}");
     let got = read_to_close(&mut stream).await;
     assert!(got.starts_with(b"HTTP/1.1 200"), "the head was sent");
+}
+
+#[tokio::test]
+async fn an_http2_stream_stalled_past_its_limit_leaves_its_connection_alone() {
+    // Over HTTP/2 the watch never cuts the connection at one stream's
+    // limit: the connection carries other streams.
+    let mut server = Server::start(Leaving::FinOrReset, |l| {
+        l.time_limit(Duration::from_millis(300))
+    })
+    .await;
+    let (mut client, _conn) = Client::connect(server.addr, Proto::Http2).await;
+    // A never-ending body the client does not read: once the flow control
+    // windows fill, hyper stops polling it, so its own timer never fires.
+    let stalled = within(
+        "the stalled stream's head",
+        client.send(common::get("/stream")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stalled.status(), http::StatusCode::OK);
+    // A stream that answers well after the stalled one's limit.
+    let late = within("the late stream's head", client.send(common::get("/late")))
+        .await
+        .expect("the connection outlives the stalled stream's limit");
+    assert_eq!(common::read_all(late).await, "late");
+    let done = server.done.next().await;
+    assert_eq!(
+        done.status(),
+        ConnectionStatus::NORMAL,
+        "the late one: {done:?}"
+    );
+    // The stalled stream ends when its client leaves, past its limit.
+    drop((client, stalled));
+    let done = server.done.next().await;
+    assert!(
+        done.status().contains(ConnectionStatus::ABORTED),
+        "{done:?}"
+    );
+    assert_eq!(done.phase(), Phase::Body, "{done:?}");
 }
 
 #[tokio::test]
