@@ -53,6 +53,25 @@ async fn a_client_that_closes_while_an_open_body_waits_is_aborted_in_the_body() 
 }
 
 #[tokio::test]
+async fn a_client_that_resets_a_body_that_never_waited_is_aborted() {
+    // The body is always ready, so nothing ever started the watcher: hyper
+    // sees the client leave first (a write fails), and the watched stream
+    // it wrote through tells the layer so.
+    let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
+    let mut stream = server
+        .send("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n", b"")
+        .await;
+    let mut buf = [0; 1024];
+    let n = within("the response", stream.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream); // RST
+    assert_aborted(&server.done.next().await, Phase::Body);
+}
+
+#[tokio::test]
 async fn a_close_behind_a_pipelined_request_is_seen() {
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
     let second = "GET /ok HTTP/1.1\r\nhost: x\r\n\r\n";
