@@ -4,10 +4,16 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 
 use crate::header;
+
+/// The gRPC client's deadline, on a request.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A gRPC call's outcome, on a response's trailers (or its head).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Whether the request is gRPC (`content-type: application/grpc…`).
 #[inline]
@@ -37,7 +43,7 @@ fn margin(timeout: Duration) -> Duration {
 /// (`H`, `M`, `S`, `m`, `u`, `n`). `None` when absent; malformed values
 /// are ignored with a debug event.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?;
+    let value = header::get(headers, &GRPC_TIMEOUT)?;
     let parsed = parse_grpc_timeout(value.as_bytes());
     if parsed.is_none() {
         tracing::debug!(
@@ -70,8 +76,7 @@ pub(crate) const DEADLINE_EXCEEDED: i32 = 4;
 
 /// The `grpc-status` of a response head or trailers.
 pub(crate) fn status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
+    header::get(headers, &GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()

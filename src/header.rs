@@ -2,9 +2,11 @@
 //! responses carry.
 //!
 //! The layer reads two headers of every request and response
-//! (`content-type`, to tell gRPC, and `content-length`). `HeaderMap::get`
-//! hashes the name and probes its index; a map of a few entries is found
-//! through faster by comparing names in order.
+//! (`content-type`, to tell gRPC, and `content-length`), and a few more
+//! when they matter (a streamed response's `content-type`, to tell an
+//! event stream; gRPC's `grpc-timeout` and `grpc-status`).
+//! `HeaderMap::get` hashes the name and probes its index; a map of a few
+//! entries is found through faster by comparing names in order.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

@@ -22,6 +22,7 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::grpc;
+use crate::header;
 
 pin_project! {
     /// Resolves once the layer's shutdown began
@@ -105,8 +106,7 @@ impl Ending {
             Some(Ending::Grpc)
         } else if exact {
             None
-        } else if headers
-            .get(CONTENT_TYPE)
+        } else if header::get(headers, &CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
         {
             Some(Ending::Sse)
