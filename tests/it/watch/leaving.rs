@@ -58,9 +58,7 @@ async fn a_client_that_resets_a_body_that_never_waited_is_aborted() {
     // sees the client leave first (a write fails), and the watched stream
     // it wrote through tells the layer so.
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
-    let mut stream = server
-        .send("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/stream").await;
     let mut buf = [0; 1024];
     let n = within("the response", stream.read(&mut buf)).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
@@ -114,9 +112,7 @@ async fn keep_alive_idle_and_a_close_between_requests_is_no_abort() {
 #[tokio::test]
 async fn the_watch_stops_between_waits_and_comes_back_for_the_next() {
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
-    let mut stream = server
-        .send("GET /pause HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/pause").await;
     read_until(&mut stream, "paused").await;
     // Data with nothing waiting: the watcher stops watching.
     stream
@@ -141,9 +137,7 @@ async fn the_watch_stops_between_waits_and_comes_back_for_the_next() {
 #[tokio::test]
 async fn a_half_close_is_a_goodbye_by_default() {
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
-    let mut stream = server
-        .send("GET /wait HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/wait").await;
     let lifecycle = server.started().await;
     stream.shutdown().await.unwrap(); // FIN, still reading
     within("aborted()", lifecycle.aborted()).await;
@@ -156,9 +150,7 @@ async fn a_half_close_is_a_goodbye_by_default() {
 async fn reset_only_keeps_a_half_closed_client_and_sees_its_reset() {
     let mut server = Server::start(Leaving::ResetOnly, |l| l).await;
     // A half-closed client still gets its answer.
-    let mut stream = server
-        .send("GET /keep HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/keep").await;
     let lifecycle = server.started().await;
     stream.shutdown().await.unwrap();
     // The handler waits for an abort that does not come: the client is

@@ -180,6 +180,12 @@ impl Server {
         }
     }
 
+    /// A raw HTTP/1.1 connection that has sent a GET for `path`.
+    async fn get(&self, path: &str) -> TcpStream {
+        self.send(&format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n"), b"")
+            .await
+    }
+
     /// A raw HTTP/1.1 connection that has sent `head` (and `body`).
     async fn send(&self, head: &str, body: &[u8]) -> TcpStream {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();

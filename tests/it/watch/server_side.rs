@@ -12,9 +12,7 @@ async fn a_client_that_stops_reading_is_cut_at_the_time_limit() {
         l.time_limit(Duration::from_millis(300))
     })
     .await;
-    let mut stream = server
-        .send("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/stream").await;
     // The client reads nothing; the layer cuts the connection at the limit
     // while the client is still there.
     let done = server.done.next().await;
@@ -81,9 +79,7 @@ async fn ignore_abort_continues_a_handler_whose_client_left_unseen() {
 #[tokio::test]
 async fn a_lifecycle_kept_in_a_task_does_not_keep_the_socket_open() {
     let mut server = Server::start(Leaving::FinOrReset, |l| l).await;
-    let mut stream = server
-        .send("GET /close HTTP/1.1\r\nhost: x\r\n\r\n", b"")
-        .await;
+    let mut stream = server.get("/close").await;
     let got = read_to_close(&mut stream).await;
     assert!(got.ends_with(b"bye"), "{:?}", String::from_utf8_lossy(&got));
     let done = server.done.next().await;
