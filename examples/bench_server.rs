@@ -99,15 +99,16 @@ fn usage() -> ! {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let config = match args.next().as_deref() {
-        None | Some("layer") => Config::Layer,
-        Some("bare") => Config::Bare,
-        Some("noop") => Config::Noop,
-        Some("floor") => Config::Floor,
-        Some("default") => Config::Default,
-        Some("trace") => Config::Trace,
-        Some("watched") => Config::Watched,
-        Some(_) => usage(),
+    let name = args.next().unwrap_or_else(|| "layer".to_owned());
+    let config = match name.as_str() {
+        "layer" => Config::Layer,
+        "bare" => Config::Bare,
+        "noop" => Config::Noop,
+        "floor" => Config::Floor,
+        "default" => Config::Default,
+        "trace" => Config::Trace,
+        "watched" => Config::Watched,
+        _ => usage(),
     };
     let port: u16 = match args.next() {
         None => 3000,
@@ -121,15 +122,6 @@ async fn main() {
             std::process::exit(1);
         });
     let addr = listener.local_addr().expect("bound address");
-    let name = match config {
-        Config::Bare => "bare",
-        Config::Noop => "noop",
-        Config::Floor => "floor",
-        Config::Default => "default",
-        Config::Trace => "trace",
-        Config::Layer => "layer",
-        Config::Watched => "watched",
-    };
     eprintln!("bench_server: {name} configuration");
     println!("listening on http://{addr}");
     let served = if config == Config::Watched {
